@@ -1,0 +1,1 @@
+"""Label spaces, datasets, transforms and multi-domain sampling."""

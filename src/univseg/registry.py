@@ -1,0 +1,71 @@
+"""Name -> constructor registries with helpful errors for unknown names."""
+from __future__ import annotations
+
+import difflib
+from typing import Callable, Generic, Iterator, TypeVar
+
+T = TypeVar("T")
+
+
+class UnknownNameError(KeyError):
+    """Raised when a registry lookup misses; the message lists close and available names."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+def suggest(name: str, choices: list[str]) -> str:
+    """Return ' Did you mean ...?' for the closest choice, or '' when nothing is close."""
+    close = difflib.get_close_matches(name, choices, n=1, cutoff=0.6)
+    return f" Did you mean '{close[0]}'?" if close else ""
+
+
+class Registry(Generic[T]):
+    """A name -> object table (usually constructors) for one kind of component.
+
+    Example:
+        BACKBONES = Registry("backbone")
+
+        @BACKBONES.register("erfnet")
+        def erfnet(**kw): ...
+
+        BACKBONES.get("erfnt")  # UnknownNameError: unknown backbone 'erfnt'. Did you mean 'erfnet'? ...
+    """
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
+        """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
+
+        def add(item: T) -> T:
+            if name in self._items:
+                raise ValueError(f"{self.kind} '{name}' is already registered")
+            self._items[name] = item
+            return item
+
+        return add(obj) if obj is not None else add
+
+    def get(self, name: str) -> T:
+        """Look ``name`` up; an unknown name raises with the available names."""
+        try:
+            return self._items[name]
+        except KeyError:
+            names = self.names()
+            raise UnknownNameError(
+                f"unknown {self.kind} '{name}'.{suggest(name, names)} Available: {', '.join(names)}"
+            ) from None
+
+    def names(self) -> list[str]:
+        """Registered names, sorted."""
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._items)
