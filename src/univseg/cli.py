@@ -1,0 +1,171 @@
+"""The ``univseg`` command line: one entry point, one verb per job."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from . import __version__
+from .config import packaged_configs, resolve_config_path
+
+EXIT_USAGE = 2
+
+
+def _load(args: argparse.Namespace):
+    from .config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "amp", None):
+        overrides.append(f"train.amp={args.amp}")
+    if getattr(args, "device", None):
+        overrides.append(f"train.device={args.device}")
+    return load_config(resolve_config_path(args.config), overrides)
+
+
+# ----------------------------------------------------------------------------- verbs
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .engine.trainer import Trainer
+    from .utils import dist
+
+    cfg = _load(args)
+    work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / cfg.name
+    try:
+        results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress).run()
+    finally:
+        dist.cleanup_distributed()
+    if dist.is_main():
+        print(f"checkpoints, metrics.jsonl and eval_results.json in {work_dir} (mean mIoU {_pct(results['mean_mIoU'])})")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data.domain import build_domains
+    from .engine.evaluator import evaluate, results_table
+    from .engine.predictor import Predictor
+    from .registry import UnknownNameError
+    from .utils.files import atomic_write_json
+
+    cfg = _load(args)
+    predictor = Predictor.from_checkpoint(args.checkpoint, device=cfg.train.device)
+    domains = build_domains(cfg)
+    if args.domains:
+        wanted = set(args.domains)
+        unknown = wanted - {d.name for d in domains}
+        if unknown:
+            raise UnknownNameError(f"--domains: unknown {sorted(unknown)}; domains: {', '.join(d.name for d in domains)}")
+        domains = [d for d in domains if d.name in wanted]
+    results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.train.amp, progress=not args.no_progress)
+    results["checkpoint"] = str(args.checkpoint)
+    print(results_table(results))
+    out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
+    atomic_write_json(out, results)
+    print(f"results written to {out}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.predict_files import predict_files
+
+    written = predict_files(args.checkpoint, args.inputs, Path(args.out), args.label_space, device=args.device, progress=not args.no_progress)
+    print(f"wrote {written} files to {args.out}")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    run_demo(Path(args.out), iters=args.iters, progress=not args.no_progress)
+    return 0
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}"
+
+
+# ----------------------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="univseg",
+        description="One semantic-segmentation model for many domains with different label sets, "
+        "trained from few labeled plus many unlabeled images (Kalluri et al., ICCV 2019, and beyond).",
+        epilog="Run 'univseg VERB --help' for a verb's options. Configs: a YAML path or a built-in name "
+        f"({', '.join(packaged_configs())}).",
+    )
+    p.add_argument("--version", action="version", version=f"univseg {__version__}")
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+
+    def verb(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=description)
+        sp.set_defaults(func=func)
+        sp.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+        return sp
+
+    def config_args(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("config", help="experiment YAML file, or a built-in config name")
+        sp.add_argument(
+            "--set", action="append", metavar="KEY=VALUE", default=[],
+            help="override a config key with a dotted path, e.g. --set train.iters=2000 "
+            "--set domains.city.batch_size=8 (values parsed as YAML; repeatable)",
+        )
+        sp.add_argument("--device", help="auto | cpu | cuda | cuda:N (overrides train.device)")
+
+    sp = verb("demo", cmd_demo, "train and compare single-domain and universal models on synthetic data",
+              "Train 'single' on each synthetic domain and 'univ-full' on all of them, evaluate every model on "
+              "every domain, and write a paper-style table (results.md, results.json) plus predictions.")
+    sp.add_argument("--out", default="univseg_demo", help="output folder (default: ./univseg_demo)")
+    sp.add_argument("--iters", type=int, default=None, help="training iterations per model (default: the demo config's)")
+
+    sp = verb("train", cmd_train, "train a model from a config",
+              "Train the config's method. Writes config.yaml, latest.pt, best.pt, metrics.jsonl and "
+              "eval_results.json to the work dir. Launch with torchrun for several GPUs or nodes.")
+    config_args(sp)
+    sp.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
+    sp.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt exactly where it stopped")
+    sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+
+    sp = verb("eval", cmd_eval, "evaluate a checkpoint on a config's domains",
+              "Per-domain mIoU in each domain's own label space (dataset-level confusion matrix), per-class "
+              "IoU, pixel accuracy and the mean over domains; printed and written as JSON.")
+    config_args(sp)
+    sp.add_argument("checkpoint", help="checkpoint file (.pt) written by 'univseg train'")
+    sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
+    sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
+    sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+
+    sp = verb("predict", cmd_predict, "segment images with a checkpoint",
+              "Write a class-id PNG and a colour overlay per image and label space. Needs only the checkpoint.")
+    sp.add_argument("checkpoint", help="checkpoint file (.pt)")
+    sp.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--label-space", default=None,
+                    help="head or label-space name, or 'all' (default: the first head of the model)")
+    sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return EXIT_USAGE
+    from .config import ConfigError
+    from .data.base import DataError
+    from .engine.checkpoint import CheckpointError
+    from .registry import UnknownNameError
+
+    try:
+        return args.func(args)
+    except (ConfigError, DataError, CheckpointError, UnknownNameError, FileNotFoundError) as e:
+        print(f"univseg {args.verb}: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("interrupted; resume training with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,400 @@
+"""Experiment configuration: YAML files validated into typed objects, with dotted overrides.
+
+Every key is declared once below with a one-line description. Unknown keys and wrong types are
+rejected with the dotted path of the offending key and, for typos, the closest valid key.
+Strings may reference environment variables as ``${NAME}`` or ``${NAME:-default}``.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .registry import UnknownNameError, suggest
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key (dotted path) and what to do."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LabeledConfig(_Strict):
+    """Which images of the train split are labeled. At most one of count / fraction / split_file."""
+
+    count: Optional[int] = Field(None, ge=1, description="number of labeled images, drawn deterministically")
+    fraction: Optional[float] = Field(None, gt=0, le=1, description="fraction of the train split that is labeled")
+    split_file: Optional[Path] = Field(None, description="list file of labeled images ('image [label]' per line)")
+    seed: Optional[int] = Field(None, description="selection seed (default: the experiment seed)")
+
+    @model_validator(mode="after")
+    def _one_rule(self) -> "LabeledConfig":
+        given = [k for k in ("count", "fraction", "split_file") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"give only one of count / fraction / split_file, not {' and '.join(given)}")
+        return self
+
+
+class UnlabeledConfig(_Strict):
+    """The pool of unlabeled images of a domain (their labels, if any, are never read)."""
+
+    use_train: bool = Field(True, description="use the train split's images as unlabeled data")
+    include_labeled: bool = Field(False, description="keep the labeled images in the unlabeled pool too")
+    extra_splits: list[str] = Field(default_factory=list, description="more splits of the dataset used unlabeled (e.g. test)")
+    extra_dirs: list[Path] = Field(default_factory=list, description="folders of extra unlabeled images (searched recursively)")
+    split_file: Optional[Path] = Field(None, description="list file of unlabeled images, replacing the rules above")
+    max_images: Optional[int] = Field(None, ge=1, description="cap on the pool size (deterministic subset)")
+
+
+class DomainConfig(_Strict):
+    """One domain: a dataset, its label space, labeled subset, unlabeled pool and val split."""
+
+    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$", description="domain id; also names its head and result columns")
+    dataset: dict[str, Any] = Field(..., description="{type: <registered dataset>, ...that dataset's own keys}")
+    train_split: str = Field("train", description="split providing labeled and unlabeled training images")
+    val_split: str = Field("val", description="split used for evaluation")
+    labeled: LabeledConfig = Field(default_factory=LabeledConfig, description="labeled subset rule (default: all)")
+    unlabeled: UnlabeledConfig = Field(default_factory=UnlabeledConfig, description="unlabeled pool rule")
+    batch_size: int = Field(4, ge=1, description="labeled images per step")
+    unlabeled_batch_size: int = Field(4, ge=0, description="unlabeled images per step (0: none)")
+    train_transforms: list[dict[str, Any]] = Field(default_factory=list, description="augmentations for training images")
+    val_transforms: list[dict[str, Any]] = Field(default_factory=list, description="transforms for evaluation images")
+
+
+class ModelConfig(_Strict):
+    """The universal model: shared encoder, one head per domain, shared embedding head."""
+
+    backbone: str = Field("erfnet", description="registered backbone name")
+    backbone_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the backbone")
+    pretrained: Optional[str] = Field(None, description="null, 'imagenet' (downloads) or a local weights file")
+    embed_dim: int = Field(100, ge=1, description="dimension of the shared embedding (paper: 100)")
+    head_channels: int = Field(0, ge=0, description="hidden channels of a 3x3 conv before each classifier (0: 1x1 only)")
+    mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="input normalisation mean (0..255 scale)")
+    std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="input normalisation std (0..255 scale)")
+
+
+class CentroidConfig(_Strict):
+    """The class-centroid bank used by the entropy alignment losses."""
+
+    mode: Literal["frozen", "ema"] = Field("ema", description="frozen after warm-up (paper) or EMA-updated every step")
+    momentum: float = Field(0.99, ge=0, lt=1, description="EMA momentum (ema mode)")
+
+
+class MethodConfig(_Strict):
+    """The training method and its loss weights."""
+
+    name: str = Field("univ-full", description="single | joint | univ-cross | univ-full")
+    domains: Optional[list[str]] = Field(None, description="domains to train on (default: all; 'single' needs one)")
+    lambda_cross: float = Field(0.1, ge=0, description="weight of the cross-domain entropy term (lambda_1)")
+    lambda_within: float = Field(0.1, ge=0, description="weight of the within-domain entropy term (lambda_2)")
+    similarity: Literal["cosine", "dot"] = Field("cosine", description="embedding-centroid similarity")
+    temperature: float = Field(0.1, gt=0, description="softmax temperature of the similarity (paper: 1 with dot)")
+    warmup_iters: int = Field(100, ge=0, description="supervised-only iterations before the entropy terms start")
+    entropy_resolution: Literal["input", "feature"] = Field(
+        "input", description="entropy over unlabeled pixels at image resolution (paper) or encoder resolution (faster)"
+    )
+    centroids: CentroidConfig = Field(default_factory=CentroidConfig, description="centroid bank settings")
+
+
+class OptimizerConfig(_Strict):
+    type: Literal["sgd", "adamw"] = Field("sgd", description="optimizer")
+    lr: float = Field(0.01, gt=0, description="base learning rate")
+    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0, description="weight decay")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+
+
+class ScheduleConfig(_Strict):
+    power: float = Field(0.9, ge=0, description="poly decay power: lr * (1 - t/T)^power")
+    warmup_iters: int = Field(0, ge=0, description="linear LR warm-up iterations")
+    warmup_ratio: float = Field(0.1, gt=0, le=1, description="LR factor at the start of the warm-up")
+    min_lr: float = Field(0.0, ge=0, description="floor of the decayed learning rate")
+
+
+class TrainConfig(_Strict):
+    iters: int = Field(1000, ge=1, description="training iterations (one labeled + unlabeled batch per domain each)")
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optimizer settings")
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
+    amp: Literal["auto", "none", "bf16", "fp16"] = Field(
+        "auto", description="autocast precision; auto = bf16 where the device runs it natively, else fp32"
+    )
+    eval_interval: int = Field(500, ge=0, description="evaluate every N iterations (0: only at the end)")
+    checkpoint_interval: int = Field(500, ge=1, description="write the 'latest' checkpoint every N iterations")
+    log_interval: int = Field(10, ge=1, description="append metrics every N iterations")
+    num_workers: int = Field(2, ge=0, description="data-loading worker processes per loader")
+    grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this value")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+
+
+class EvalConfig(_Strict):
+    batch_size: int = Field(4, ge=1, description="images per evaluation batch")
+    max_images: Optional[int] = Field(None, ge=1, description="evaluate only the first N val images of each domain")
+    mappings: dict[str, Path] = Field(
+        default_factory=dict, description="'SRC->DST' label-space names -> YAML class-mapping file"
+    )
+
+
+class Config(_Strict):
+    """A whole experiment."""
+
+    name: str = Field("experiment", description="experiment name")
+    seed: int = Field(0, description="seed of everything random: init, sampling, augmentation, splits")
+    domains: list[DomainConfig] = Field(..., min_length=1, description="the domains")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="model settings")
+    method: MethodConfig = Field(default_factory=MethodConfig, description="method settings")
+    train: TrainConfig = Field(default_factory=TrainConfig, description="training settings")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation settings")
+
+    @model_validator(mode="after")
+    def _check_domains(self) -> "Config":
+        names = [d.name for d in self.domains]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"domain names must be unique; repeated: {dupes}")
+        for n in self.method.domains or []:
+            if n not in names:
+                raise ValueError(f"method.domains: unknown domain '{n}'; domains: {', '.join(names)}")
+        return self
+
+    def domain(self, name: str) -> DomainConfig:
+        for d in self.domains:
+            if d.name == name:
+                return d
+        raise KeyError(f"no domain '{name}'; domains: {', '.join(d.name for d in self.domains)}")
+
+    @property
+    def trained_domains(self) -> list[str]:
+        """Names of the domains the method trains on (= the model's heads)."""
+        return list(self.method.domains or [d.name for d in self.domains])
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+# ----------------------------------------------------------------------------- loading
+
+def packaged_configs() -> list[str]:
+    """Names of the configs shipped inside the package (usable as ``univseg train NAME``)."""
+    folder = resources.files("univseg") / "configs"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config_path(name: str) -> Path:
+    """A config file path, or the packaged config called ``name`` (with or without .yaml)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    stem = path.name[:-5] if path.name.endswith(".yaml") else path.name
+    if stem in packaged_configs() and len(path.parts) <= 2:
+        return Path(str(resources.files("univseg") / "configs" / f"{stem}.yaml"))
+    raise ConfigError(
+        f"config file not found: {name}.{suggest(stem, packaged_configs())} Built-in configs: {', '.join(packaged_configs())}"
+    )
+
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _expand_env(value: Any) -> Any:
+    if isinstance(value, str):
+        def sub(m: re.Match) -> str:
+            name, default = m.group(1), m.group(2)
+            if name in os.environ:
+                return os.environ[name]
+            if default is None:
+                raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}}); set it or give a default ${{{name}:-...}}")
+            return default
+        return _ENV.sub(sub, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; missing files and syntax errors become ConfigErrors naming the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def apply_override(data: dict[str, Any], assignment: str) -> None:
+    """Apply one ``dotted.key=value`` override in place (value parsed as YAML).
+
+    List items are addressed by index (``domains.0.batch_size``) or, for lists of named
+    items, by name (``domains.camvid.batch_size``).
+    """
+    if "=" not in assignment:
+        raise ConfigError(f"override '{assignment}' must look like key.path=value")
+    key, raw = assignment.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    parts = key.strip().split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        where = ".".join(parts[: i + 1])
+        if isinstance(node, list):
+            idx = _list_index(node, part, where)
+            if last:
+                node[idx] = value
+            else:
+                node = node[idx]
+        elif isinstance(node, dict):
+            if last:
+                node[part] = value
+            else:
+                node = node.setdefault(part, {})
+        else:
+            raise ConfigError(f"override '{key}': '{'.'.join(parts[:i])}' is a value, not a section")
+
+
+def _list_index(items: list, part: str, where: str) -> int:
+    if part.lstrip("-").isdigit():
+        idx = int(part)
+        if not -len(items) <= idx < len(items):
+            raise ConfigError(f"override '{where}': index {idx} out of range (list has {len(items)} items)")
+        return idx
+    names = [it.get("name") for it in items if isinstance(it, dict)]
+    if part in names:
+        return names.index(part)
+    raise ConfigError(f"override '{where}': no item named '{part}'; items: {names}")
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
+    """Load, override and validate a config; raises ConfigError naming the offending key."""
+    raw = read_yaml(path) if path is not None else dict(data or {})
+    for assignment in overrides or []:
+        apply_override(raw, assignment)
+    return validate_config(_expand_env(raw), source=str(path) if path else "config")
+
+
+def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate plain data into a Config, then the registry-typed parts (datasets, transforms)."""
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, Config)) from None
+    _validate_registered_parts(cfg, source)
+    return cfg
+
+
+def _validate_registered_parts(cfg: Config, source: str) -> None:
+    from .data import DATASETS
+    from .data.transforms import build_transforms
+    from .engine.methods import METHODS
+
+    try:
+        METHODS.get(cfg.method.name)
+    except UnknownNameError as e:
+        raise ConfigError(f"{source}: method.name: {e}") from None
+    for i, d in enumerate(cfg.domains):
+        where = f"domains[{i}]"
+        params = dict(d.dataset)
+        type_name = params.pop("type", None)
+        if type_name is None:
+            raise ConfigError(f"{source}: {where}.dataset.type is missing; available: {', '.join(DATASETS.names())}")
+        try:
+            spec = DATASETS.get(type_name)
+        except UnknownNameError as e:
+            raise ConfigError(f"{source}: {where}.dataset.type: {e}") from None
+        try:
+            spec.params.model_validate(params)
+        except ValidationError as e:
+            raise ConfigError(format_validation_error(e, source, spec.params, prefix=f"{where}.dataset")) from None
+        for split in [d.train_split, d.val_split, *d.unlabeled.extra_splits]:
+            if split not in spec.splits:
+                raise ConfigError(f"{source}: {where}: dataset '{type_name}' has no split '{split}'; splits: {', '.join(spec.splits)}")
+        for key in ("train_transforms", "val_transforms"):
+            try:
+                build_transforms(getattr(d, key), where=f"{where}.{key}")
+            except ValueError as e:
+                raise ConfigError(f"{source}: {e}") from None
+
+
+def dataset_params(domain: DomainConfig):
+    """The validated parameter object of a domain's dataset."""
+    from .data import DATASETS
+
+    params = dict(domain.dataset)
+    spec = DATASETS.get(params.pop("type"))
+    return spec.params.model_validate(params)
+
+
+def format_validation_error(err: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> str:
+    """Turn pydantic errors into 'file: a.b[0].c: message' lines with typo suggestions."""
+    lines = []
+    for e in err.errors():
+        loc = e["loc"]
+        path = _dotted(loc, prefix)
+        if e["type"] == "extra_forbidden":
+            valid = _fields_at(model, loc[:-1])
+            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            lines.append(f"{path}: unknown key.{hint} Valid keys here: {', '.join(valid)}")
+        elif e["type"] == "missing":
+            lines.append(f"{path}: required key is missing")
+        else:
+            got = e.get("input")
+            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+            lines.append(f"{path}: {e['msg']}{shown}")
+    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
+
+
+def _dotted(loc: tuple, prefix: str) -> str:
+    out = prefix
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "<top level>"
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """Field names of the (sub)model reached by following ``loc`` from ``model``."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
+            return []
+        current = _model_type(current.model_fields[part].annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return sorted(current.model_fields)
+    return []
+
+
+def _model_type(annotation: Any) -> Any:
+    """The BaseModel inside an annotation such as ``Foo``, ``list[Foo]`` or ``Optional[Foo]``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in getattr(annotation, "__args__", ()) or ():
+        found = _model_type(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def save_config(cfg: Config, path: str | Path) -> None:
+    """Write the resolved config as YAML."""
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -1,0 +1,294 @@
+"""Shared building blocks of the dataset adapters: file discovery, label pairing, raw decoding.
+
+Every adapter follows the same recipe:
+
+1. check the dataset root and the split folder exist (:func:`require_dir`, which says what layout
+   is expected when they do not);
+2. list the split's images, sorted (:func:`find_images`);
+3. derive each image's label path with the dataset's pairing rule and check it exists
+   (:func:`pair_labels`, which names the image and the expected label when it does not);
+4. return a :class:`NativeSegDataset`, which decodes label files with the file's own raw
+   encoding (``raw_space``) into the train ids of the dataset's label space.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from pydantic import Field
+
+from ..base import DataError, FileSegDataset, read_label
+from ..label_space import ClassInfo, LabelSpace
+from ..registry import DatasetParams
+
+IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+
+
+class RootParams(DatasetParams):
+    """Parameters shared by every native-layout adapter."""
+
+    root: Path = Field(description="dataset root folder, in the dataset's official layout")
+
+
+# ----------------------------------------------------------------------------------------------
+# label spaces
+# ----------------------------------------------------------------------------------------------
+
+
+def recode(space: LabelSpace, raw_ids: Sequence[Sequence[int]] | None, void_ids: Iterable[int]) -> LabelSpace:
+    """The same classes (name, colours, order) under another raw file encoding.
+
+    ``raw_ids[k]`` lists the raw values meaning class ``k`` (``None``: raw value == train id).
+    Used where one dataset family stores labels in several encodings (e.g. Cityscapes labelIds
+    vs. trainIds, IDD level-3 ids read as level-1 classes).
+    """
+    classes = tuple(
+        ClassInfo(c.name, c.color, tuple(raw_ids[k]) if raw_ids is not None else ())
+        for k, c in enumerate(space.classes)
+    )
+    return LabelSpace(name=space.name, classes=classes, ignore_index=space.ignore_index, void_ids=tuple(void_ids))
+
+
+def offset_space(name: str, names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> LabelSpace:
+    """Label space whose files store class ``k`` as ``k + 1`` and void as 0 (SUN RGB-D, NYU, ADE20K)."""
+    from ..label_space import default_palette
+
+    colors = colors if colors is not None else default_palette(len(names))
+    if len(colors) != len(names):
+        raise ValueError(f"label space '{name}': {len(colors)} colours for {len(names)} classes")
+    return LabelSpace(
+        name=name,
+        classes=tuple(ClassInfo(n, tuple(int(v) for v in c), (k + 1,)) for k, (n, c) in enumerate(zip(names, colors))),
+        void_ids=(0,),
+    )
+
+
+def _ranges(values: Sequence[int]) -> str:
+    """'0-10, 255' for [0..10, 255]: compact listing of valid raw values for error messages."""
+    out: list[str] = []
+    vals = sorted(values)
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ", ".join(out)
+
+
+# ----------------------------------------------------------------------------------------------
+# datasets
+# ----------------------------------------------------------------------------------------------
+
+
+class NativeSegDataset(FileSegDataset):
+    """Image/label files whose label values are decoded with ``raw_space``.
+
+    ``label_space`` is the dataset family's label space (the same object for every dataset and
+    split of the family, whatever the file encoding); ``raw_space`` has the same classes and says
+    which raw values of *these* label files mean which class (defaults to ``label_space``).
+    Labels come back as train ids with void = ``label_space.ignore_index``.
+    """
+
+    def __init__(
+        self,
+        label_space: LabelSpace,
+        images: Sequence[Path],
+        labels: Sequence[Path] | None = None,
+        root: Path | None = None,
+        raw_space: LabelSpace | None = None,
+    ) -> None:
+        super().__init__(label_space, images, labels, root)
+        self.raw_space = raw_space if raw_space is not None else label_space
+        if self.raw_space.names != label_space.names or self.raw_space.ignore_index != label_space.ignore_index:
+            raise ValueError(f"raw encoding '{self.raw_space.name}' does not have the classes of '{label_space.name}'")
+        check_unique_ids(self)
+
+    def read_raw(self, i: int) -> np.ndarray:
+        """The raw label array of sample ``i`` (override for non-index encodings, e.g. colours)."""
+        return read_label(self.labels[i])  # type: ignore[index]
+
+    def load_label(self, i: int) -> np.ndarray | None:
+        if self.labels is None:
+            return None
+        raw = self.read_raw(i)
+        bad = self.raw_space.invalid_values(raw)
+        if bad:
+            shown = bad if len(bad) <= 20 else bad[:20] + ["..."]
+            raise DataError(
+                f"{self.labels[i]}: label values {shown} are outside label space '{self.label_space.name}' "
+                f"(valid raw values in these files: {_ranges(self.raw_space.valid_raw_values())}); fix the file, "
+                "or remove the sample"
+            )
+        return self.raw_space.encode(raw)
+
+
+class ColorCodedSegDataset(NativeSegDataset):
+    """Labels stored as RGB colour images: each colour of ``colors`` is raw value = its row index."""
+
+    def __init__(self, *args, colors: Sequence[Sequence[int]], **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.colors = np.asarray(colors, dtype=np.int64)
+        self._codes = (self.colors[:, 0] << 16) | (self.colors[:, 1] << 8) | self.colors[:, 2]
+        if len(set(self._codes.tolist())) != len(self._codes):
+            raise ValueError("colour table repeats a colour")
+        self._order = np.argsort(self._codes)
+
+    def read_raw(self, i: int) -> np.ndarray:
+        from PIL import Image, UnidentifiedImageError
+
+        path = self.labels[i]  # type: ignore[index]
+        try:
+            with Image.open(path) as im:
+                im.load()
+                rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
+        except FileNotFoundError:
+            raise DataError(f"label file not found: {path}") from None
+        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+            raise DataError(f"cannot read label {path}: {e}; the file is corrupt or truncated, replace or remove it") from None
+        code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        sorted_codes = self._codes[self._order]
+        pos = np.clip(np.searchsorted(sorted_codes, code), 0, len(sorted_codes) - 1)
+        known = sorted_codes[pos] == code
+        if not known.all():
+            unknown = np.unique(code[~known])[:10]
+            cols = [((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255) for c in unknown]
+            raise DataError(
+                f"{path}: colours {cols} are not in the colour table of label space '{self.label_space.name}'; "
+                "the file is not a colour-coded label of this dataset (or was saved lossily), fix or remove it"
+            )
+        return self._order[pos].astype(np.int32)
+
+
+def check_unique_ids(ds: FileSegDataset) -> None:
+    """Raise DataError when two samples of a split would get the same sample id."""
+    seen: dict[str, Path] = {}
+    for i, p in enumerate(ds.images):
+        sid = ds.sample_id(i)
+        if sid in seen:
+            raise DataError(
+                f"images {seen[sid]} and {p} get the same sample id '{sid}'; rename one of them "
+                "(sample ids must be unique within a split)"
+            )
+        seen[sid] = p
+
+
+# ----------------------------------------------------------------------------------------------
+# files
+# ----------------------------------------------------------------------------------------------
+
+
+def require_dir(path: Path, what: str, layout: str) -> Path:
+    """Return ``path`` when it is a folder; otherwise raise DataError naming it and the expected layout."""
+    path = Path(path)
+    if not path.is_dir():
+        state = "is not a folder" if path.exists() else "does not exist"
+        raise DataError(f"{what} {path} {state}; expected layout:\n{layout}")
+    return path
+
+
+def require_file(path: Path, what: str, layout: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{what} {path} does not exist; expected layout:\n{layout}")
+    return path
+
+
+def matching_suffix(name: str, suffixes: Sequence[str]) -> str | None:
+    """The longest of ``suffixes`` that ``name`` ends with (case-insensitive), else None."""
+    low = name.lower()
+    hits = [s for s in suffixes if low.endswith(s.lower())]
+    return max(hits, key=len) if hits else None
+
+
+def find_images(
+    folder: Path,
+    suffixes: Sequence[str] = IMAGE_EXTS,
+    recursive: bool = False,
+    layout: str = "",
+) -> list[Path]:
+    """Sorted image files in ``folder`` whose names end with one of ``suffixes`` (case-insensitive).
+
+    Raises DataError when nothing matches, naming the folder, the patterns and the layout.
+    """
+    it = folder.rglob("*") if recursive else folder.iterdir()
+    files = sorted(p for p in it if p.is_file() and not p.name.startswith(".") and matching_suffix(p.name, suffixes))
+    if not files:
+        raise DataError(
+            f"no images matching {' '.join('*' + s for s in suffixes)} found in {folder}"
+            f"{' (searched recursively)' if recursive else ''}" + (f"; expected layout:\n{layout}" if layout else "")
+        )
+    return files
+
+
+def with_exts(stem_suffix: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[str, ...]:
+    """('_leftImg8bit.png', '_leftImg8bit.jpg', ...) for ``stem_suffix='_leftImg8bit'``."""
+    return tuple(stem_suffix + e for e in exts)
+
+
+def replace_suffix(name: str, old: str, new: str) -> str:
+    """``name`` with its ending ``old`` (case-insensitive) replaced by ``new``."""
+    assert name.lower().endswith(old.lower()), (name, old)
+    return name[: len(name) - len(old)] + new
+
+
+def suffix_rule(image_dir: Path, label_dir: Path, image_suffixes: Sequence[str], label_suffix: str) -> Callable[[Path], Path]:
+    """Pairing rule: ``image_dir/sub/<id><image suffix>`` -> ``label_dir/sub/<id><label_suffix>``.
+
+    E.g. ``leftImg8bit/train/aachen/x_leftImg8bit.png`` -> ``gtFine/train/aachen/x_gtFine_labelIds.png``.
+    """
+
+    def label_for(img: Path) -> Path:
+        old = matching_suffix(img.name, image_suffixes)
+        assert old is not None, img
+        return label_dir / img.parent.relative_to(image_dir) / replace_suffix(img.name, old, label_suffix)
+
+    return label_for
+
+
+def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint: str = "") -> list[Path]:
+    """Label path of every image by the pairing rule ``label_for``; every label must exist.
+
+    Raises DataError naming the first images without a label and their expected label paths.
+    """
+    labels = [label_for(p) for p in images]
+    missing = [(im, lab) for im, lab in zip(images, labels) if not lab.is_file()]
+    if missing:
+        lines = "\n".join(f"  image {im} -> expected label {lab}" for im, lab in missing[:5])
+        more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
+        raise DataError(
+            f"{len(missing)} image(s) have no label file:\n{lines}{more}\n"
+            f"add the labels or remove the images{'; ' + hint if hint else ''}"
+        )
+    return labels
+
+
+def read_list_file(path: Path, min_cols: int = 1, max_cols: int = 2) -> list[list[str]]:
+    """Non-empty, non-comment lines of a list file split on whitespace; checks the column count."""
+    rows = []
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        cols = line.split()
+        if not min_cols <= len(cols) <= max_cols:
+            want = str(min_cols) if min_cols == max_cols else f"{min_cols} to {max_cols}"
+            raise DataError(f"{path}:{n}: expected {want} whitespace-separated path(s), got {len(cols)}: {line!r}")
+        rows.append(cols)
+    if not rows:
+        raise DataError(f"list file {path} is empty")
+    return rows
+
+
+def resolve(base: Path, p: str | Path, listed: bool = False) -> Path:
+    """``p`` relative to ``base``; absolute paths are kept.
+
+    With ``listed`` (a path read from a list file) an absolute path that does not exist is taken
+    relative to ``base``, as list files often write ``/JPEGImages/x.jpg`` meaning ``<root>/JPEGImages/x.jpg``.
+    """
+    p = Path(p)
+    if p.is_absolute() and (not listed or p.exists()):
+        return p
+    return base / str(p).lstrip("/")

@@ -1,0 +1,152 @@
+"""Evaluation: per-domain mIoU in each domain's own label space, from dataset-level confusion matrices."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data.domain import Domain, eval_loader, iter_images
+from ..data.label_space import LabelSpace
+from ..data.mapping import ClassMapping
+from ..utils import dist
+from ..utils.table import markdown_table
+from .metrics import ConfusionMatrix
+from .precision import autocast, resolve_amp
+
+
+@dataclass(frozen=True)
+class HeadChoice:
+    """Which head scores a domain, and the class mapping into the domain's label space (None: same space)."""
+
+    head: str
+    mapping: ClassMapping | None
+
+    def describe(self) -> str:
+        if self.mapping is None:
+            return self.head
+        return f"{self.head} via {self.mapping.src.name}->{self.mapping.dst.name}"
+
+
+def choose_head(
+    heads: Mapping[str, LabelSpace], domain_name: str, space: LabelSpace, mapping_files: Mapping[str, Path] | None = None
+) -> HeadChoice | None:
+    """The head to score a domain with: its own head, else a head with an identical label space, else
+    a head with a class mapping (from ``mapping_files`` keyed 'SRC->DST', then the built-in ones)."""
+    if domain_name in heads:
+        own = heads[domain_name]
+        if own.names != space.names:
+            raise ValueError(
+                f"head '{domain_name}' predicts {own.names} but domain '{domain_name}' is labeled {space.names}"
+            )
+        return HeadChoice(domain_name, None)
+    for head, ls in heads.items():
+        if ls.names == space.names:
+            return HeadChoice(head, None)
+    for head, ls in heads.items():
+        path = (mapping_files or {}).get(f"{ls.name}->{space.name}")
+        if path is not None:
+            return HeadChoice(head, ClassMapping.from_yaml(path, ls, space))
+    for head, ls in heads.items():
+        mapping = ClassMapping.builtin(ls, space)
+        if mapping is not None:
+            return HeadChoice(head, mapping)
+    return None
+
+
+@torch.no_grad()
+def predict_labels(model: torch.nn.Module, images: torch.Tensor, head: str, amp: str = "none") -> torch.Tensor:
+    """Arg-max class ids [B, H, W] of head ``head`` for a batch of 0..255 float images."""
+    device = next(model.parameters()).device
+    with autocast(device, amp):
+        logits = model(images.to(device), heads=[head])[head]
+    return logits.argmax(1)
+
+
+def evaluate_domain(
+    model: torch.nn.Module,
+    domain: Domain,
+    choice: HeadChoice,
+    batch_size: int = 4,
+    amp: str = "none",
+    max_images: int | None = None,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> ConfusionMatrix:
+    """Confusion matrix of ``model`` on ``domain``'s val split (sharded over ranks, then summed)."""
+    view = domain.val
+    n = len(view) if max_images is None else min(max_images, len(view))
+    indices = list(range(dist.rank(), n, dist.world_size()))
+    loader = eval_loader(view, batch_size, num_workers, indices)
+    cm = ConfusionMatrix(domain.label_space.num_classes, domain.label_space.ignore_index)
+    lut = torch.tensor(choice.mapping.lut) if choice.mapping is not None else None
+    bar = tqdm(loader, desc=f"eval {domain.name}", leave=False, disable=not (progress and dist.is_main()))
+    for batch in bar:
+        for img, lab in iter_images(batch):
+            pred = predict_labels(model, img, choice.head, amp).cpu()
+            if lut is not None:
+                pred = lut[pred]
+            cm.update(pred, lab)
+    cm.mat = dist.all_reduce_sum(cm.mat.to(next(model.parameters()).device)).cpu()
+    return cm
+
+
+def evaluate(
+    model: torch.nn.Module,
+    heads: Mapping[str, LabelSpace],
+    domains: list[Domain],
+    eval_cfg,
+    amp: str = "none",
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float}``.
+
+    mIoU values are fractions in [0, 1]. Domains no head can be mapped to are reported with
+    ``"skipped"`` and the reason, and left out of the mean.
+    """
+    amp = resolve_amp(amp, next(model.parameters()).device)
+    was_training = model.training
+    model.eval()
+    results: dict[str, Any] = {}
+    try:
+        for domain in domains:
+            choice = choose_head(heads, domain.name, domain.label_space, eval_cfg.mappings)
+            if choice is None:
+                results[domain.name] = {
+                    "skipped": f"no head of the model ({', '.join(f'{h}: {ls.name}' for h, ls in heads.items())}) "
+                    f"maps to label space '{domain.label_space.name}'; add eval.mappings['SRC->{domain.label_space.name}']"
+                }
+                continue
+            cm = evaluate_domain(
+                model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress
+            )
+            results[domain.name] = {"head": choice.describe(), **cm.summary(domain.label_space.names)}
+    finally:
+        model.train(was_training)
+    scored = [r["mIoU"] for r in results.values() if r.get("mIoU") is not None]
+    return {"domains": results, "mean_mIoU": float(np.mean(scored)) if scored else None}
+
+
+def results_table(results: Mapping[str, Any]) -> str:
+    """Per-domain summary plus one per-class IoU table per domain, in percent, as Markdown."""
+    rows = []
+    for name, r in results["domains"].items():
+        if "skipped" in r:
+            rows.append([name, "-", "-", "-", r["skipped"]])
+        else:
+            rows.append([name, _pct(r["mIoU"]), _pct(r["pixel_acc"]), _pct(r["mean_class_acc"]), r["head"]])
+    rows.append(["mean", _pct(results["mean_mIoU"]), "", "", ""])
+    parts = [markdown_table(["domain", "mIoU", "pixel acc", "mean acc", "head"], rows)]
+    for name, r in results["domains"].items():
+        if "per_class_iou" in r:
+            per = [[cls, _pct(v)] for cls, v in r["per_class_iou"].items()]
+            parts.append(f"\n{name} per-class IoU\n" + markdown_table(["class", "IoU"], per))
+    return "\n".join(parts)
+
+
+def _pct(v: float | None) -> float | None:
+    return None if v is None else 100.0 * v

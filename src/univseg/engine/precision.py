@@ -1,0 +1,33 @@
+"""Mixed precision: which autocast dtype to use on which device."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+
+def bf16_is_fast(device: torch.device) -> bool:
+    """True where bf16 math runs natively: CUDA with bf16 support, or a CPU with AVX-512 BF16 / AMX.
+
+    On CPUs without it (e.g. AVX2-only), bf16 autocast is emulated and far slower than fp32.
+    """
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return False
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """'auto' -> 'bf16' where it is fast on ``device``, else 'none'; other values pass through."""
+    if amp == "auto":
+        return "bf16" if bf16_is_fast(device) else "none"
+    return amp
+
+
+def autocast(device: torch.device, amp: str):
+    """The autocast context for ``amp`` in {'none', 'bf16', 'fp16'} on ``device``."""
+    if amp == "none":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)

@@ -1,0 +1,96 @@
+"""Prediction from a checkpoint alone: no config file needed.
+
+    from univseg import Predictor
+    predictor = Predictor.from_checkpoint("work_dirs/demo/best.pt")
+    mask = predictor.predict("street.jpg", label_space="city")   # HxW uint8 class ids
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..data.base import read_image
+from ..data.label_space import LabelSpace
+from ..registry import UnknownNameError
+from ..models.universal import UniversalModel, build_model
+from ..config import ModelConfig
+from ..utils.dist import resolve_device
+from .checkpoint import checkpoint_label_spaces, load_checkpoint
+from .precision import autocast, resolve_amp
+
+
+
+class Predictor:
+    """A trained universal model plus its label spaces, ready to segment images in any of them."""
+
+    def __init__(self, model: UniversalModel, label_spaces: dict[str, LabelSpace], amp: str = "none") -> None:
+        self.model = model.eval()
+        self.label_spaces = label_spaces
+        self.amp = amp
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto") -> "Predictor":
+        """Load a checkpoint written by training (safely: tensors only)."""
+        dev = resolve_device(device)
+        ckpt = load_checkpoint(path, map_location=dev)
+        spaces = checkpoint_label_spaces(ckpt)
+        model_cfg = ModelConfig.model_validate({**ckpt["config"]["model"], "pretrained": None})
+        model = build_model(model_cfg, {k: ls.num_classes for k, ls in spaces.items()})
+        model.load_state_dict(ckpt["model"])
+        return cls(model.to(dev), spaces, resolve_amp(amp, dev))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def resolve(self, label_space: str | None) -> str:
+        """Head name for a head name or label-space name (default: the first head)."""
+        if label_space is None:
+            return next(iter(self.label_spaces))
+        if label_space in self.label_spaces:
+            return label_space
+        for head, ls in self.label_spaces.items():
+            if ls.name == label_space:
+                return head
+        names = [f"{h} ({ls.name})" for h, ls in self.label_spaces.items()]
+        raise UnknownNameError(f"the model has no label space '{label_space}'; available: {', '.join(names)}")
+
+    @torch.no_grad()
+    def logits(self, image: Any, label_space: str | None = None) -> torch.Tensor:
+        """[K, H, W] float logits of one image in one label space."""
+        head = self.resolve(label_space)
+        x = torch.from_numpy(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+        with autocast(self.device, self.amp):
+            return self.model(x, heads=[head])[head][0].float()
+
+    def predict(self, image: Any, label_space: str | None = None) -> np.ndarray:
+        """HxW uint8 class ids of ``image`` (array HxWx3 uint8, PIL image or path) in ``label_space``."""
+        return self.logits(image, label_space).argmax(0).to(torch.uint8).cpu().numpy()
+
+    @torch.no_grad()
+    def predict_all(self, image: Any) -> dict[str, np.ndarray]:
+        """Class ids in every label space of the model, from one encoder pass."""
+        x = torch.from_numpy(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+        with autocast(self.device, self.amp):
+            out = self.model(x)
+        return {h: out[h][0].argmax(0).to(torch.uint8).cpu().numpy() for h in self.label_spaces}
+
+
+def as_array(image: Any) -> np.ndarray:
+    """HxWx3 uint8 RGB array from an array, a PIL image or a path."""
+    if isinstance(image, (str, Path)):
+        return read_image(Path(image))
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    arr = np.asarray(image)
+    if arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=2)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
+    if arr.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixel values 0..255, got dtype {arr.dtype}")
+    return arr

@@ -1,0 +1,6 @@
+"""Training losses: supervised cross-entropy and entropy alignment with a centroid bank."""
+from .centroids import CentroidBank, class_sums
+from .entropy import alignment_entropy, masked_entropy, similarity
+from .supervised import supervised_ce
+
+__all__ = ["CentroidBank", "class_sums", "alignment_entropy", "masked_entropy", "similarity", "supervised_ce"]

@@ -1,0 +1,262 @@
+"""Backbone registry, the ``Backbone`` base class, ``build_backbone`` and safe weight loading.
+
+Every backbone is a shared encoder: it maps a normalised image batch ``[B, 3, H, W]`` to a
+feature map ``[B, out_channels, ~H/8, ~W/8]`` (``output_stride`` is 8 for all of them). Any
+``H, W`` is accepted; the caller upsamples its logits back to the exact input size.
+
+Weights come from one of three places (``pretrained`` argument of :func:`build_backbone`):
+
+* ``None``: random initialisation;
+* ``"imagenet"``: the official ImageNet checkpoint of that architecture, downloaded (and cached)
+  with :func:`torch.hub.load_state_dict_from_url`;
+* a path to a local file: loaded with ``torch.load(..., weights_only=True)`` so no code stored
+  in the file is ever executed.
+"""
+from __future__ import annotations
+
+import inspect
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import Tensor, nn
+
+from ...registry import Registry
+
+#: Checkpoint keys ending like this are BatchNorm counters; old checkpoints lack them and
+#: their absence changes nothing (they only matter for ``momentum=None``).
+_BN_COUNTER = "num_batches_tracked"
+
+
+class Backbone(nn.Module):
+    """Base class of the encoders built by :func:`build_backbone`.
+
+    Attributes:
+        out_channels: channels of the returned feature map.
+        output_stride: ratio between input and feature-map size (8 for every backbone here).
+        ignored_checkpoint_prefixes: checkpoint keys starting with one of these (after wrapper
+            prefixes are stripped) belong to parts the backbone drops, e.g. an ImageNet
+            classifier ``fc.``; they are skipped silently when loading weights.
+        checkpoint_prefixes: wrapper prefixes under which a full-model checkpoint stores the
+            backbone (e.g. ``encoder.`` for a whole ERFNet). When a file has keys under one of
+            them, only those keys are used, with the prefix removed.
+    """
+
+    out_channels: int
+    output_stride: int = 8
+    ignored_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
+    checkpoint_prefixes: tuple[str, ...] = ()
+
+    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """How to build one registered backbone.
+
+    Attributes:
+        build: ``build(**kwargs) -> Backbone`` with random weights.
+        imagenet: ``imagenet() -> state_dict`` downloading the official ImageNet weights, or
+            None when there are none.
+        no_imagenet_reason: why ``imagenet`` is None (put in the error message).
+    """
+
+    build: Callable[..., Backbone]
+    imagenet: Callable[[], Mapping[str, Any]] | None = None
+    no_imagenet_reason: str = ""
+
+
+BACKBONES: Registry[BackboneSpec] = Registry("backbone")
+
+
+def register_backbone(
+    name: str,
+    imagenet: Callable[[], Mapping[str, Any]] | None = None,
+    no_imagenet_reason: str = "",
+):
+    """Decorator registering ``build(**kwargs) -> Backbone`` as backbone ``name``."""
+
+    def deco(build: Callable[..., Backbone]) -> Callable[..., Backbone]:
+        BACKBONES.register(
+            name, BackboneSpec(build=build, imagenet=imagenet, no_imagenet_reason=no_imagenet_reason)
+        )
+        return build
+
+    return deco
+
+
+def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwargs: Any) -> Backbone:
+    """Build backbone ``name`` with options ``kwargs`` and optionally load weights.
+
+    Args:
+        name: a registered name (see ``BACKBONES.names()``); unknown names raise
+            :class:`univseg.registry.UnknownNameError` with a suggestion.
+        pretrained: None (random init), ``"imagenet"`` (download the official weights) or the
+            path of a local weights file.
+        **kwargs: options of that backbone (e.g. ``width`` and ``dropout`` for ``erfnet``).
+
+    Raises:
+        TypeError: an option the backbone does not accept (the accepted ones are listed).
+        ValueError: ``"imagenet"`` for a backbone without ImageNet weights, or a weights file
+            that does not fit (no matching key, or shape mismatches).
+        FileNotFoundError: ``pretrained`` is a path that does not exist.
+    """
+    spec = BACKBONES.get(name)
+    params = inspect.signature(spec.build).parameters
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    unknown = sorted(set(kwargs) - set(params))
+    if unknown and not takes_any:
+        accepted = ", ".join(params) or "none"
+        raise TypeError(f"backbone '{name}' got unknown option(s) {unknown}; accepted options: {accepted}")
+    model = spec.build(**kwargs)
+    if pretrained is None:
+        return model
+    if not isinstance(pretrained, (str, os.PathLike)):
+        raise TypeError(
+            f"pretrained must be None, 'imagenet' or a file path, got {type(pretrained).__name__}"
+        )
+    if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
+        if spec.imagenet is None:
+            reason = f" ({spec.no_imagenet_reason})" if spec.no_imagenet_reason else ""
+            raise ValueError(
+                f"backbone '{name}' has no ImageNet weights to download{reason}; use "
+                f"pretrained=None for random initialisation, or pretrained='/path/to/weights.pth' "
+                f"to load a local weights file"
+            )
+        load_backbone_weights(model, spec.imagenet(), source=f"ImageNet weights of '{name}'")
+    else:
+        load_backbone_weights(model, pretrained)
+    return model
+
+
+@dataclass
+class LoadReport:
+    """What :func:`load_backbone_weights` did.
+
+    Attributes:
+        loaded: model keys set from the checkpoint.
+        missing: model keys the checkpoint lacks (left at their initial values; BatchNorm
+            ``num_batches_tracked`` counters are not counted).
+        unexpected: checkpoint keys the model does not have (ignored).
+        skipped: checkpoint keys dropped on purpose (classifier, parts outside the backbone).
+    """
+
+    loaded: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+
+def _preview(keys: list[str], limit: int = 10) -> str:
+    shown = ", ".join(keys[:limit])
+    return f"[{shown}{', ...' if len(keys) > limit else ''}]"
+
+
+def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
+    """Load a weights file without executing code (``torch.load(weights_only=True)``)."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"backbone weights file not found: {path}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle errors for files holding arbitrary objects, corrupt files
+        raise ValueError(
+            f"could not read backbone weights file {path} with torch.load(weights_only=True) "
+            f"(only tensors and plain containers are accepted, no code is executed): {err}"
+        ) from err
+    if not isinstance(obj, Mapping):
+        raise ValueError(f"backbone weights file {path} holds a {type(obj).__name__}, not a state dict")
+    return obj
+
+
+def _unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Find the tensors: accept a raw state dict or ``{"state_dict": ...}`` / ``{"model": ...}``."""
+    for _ in range(3):  # e.g. {"model": {"state_dict": ...}}; a few levels at most
+        inner = next(
+            (obj[k] for k in ("state_dict", "model") if isinstance(obj.get(k), Mapping)), None
+        )
+        if inner is None:
+            break
+        obj = inner
+    state: dict[str, Tensor] = {}
+    for key, value in obj.items():
+        if not (isinstance(key, str) and isinstance(value, Tensor)):
+            continue
+        while key.startswith("module."):  # nn.DataParallel / DistributedDataParallel
+            key = key[len("module."):]
+        state[key] = value
+    return state
+
+
+def load_backbone_weights(
+    model: Backbone,
+    weights: str | os.PathLike | Mapping[str, Any],
+    source: str | None = None,
+) -> LoadReport:
+    """Load ``weights`` (a file path or a state dict) into ``model``, tolerantly but loudly.
+
+    The checkpoint may be a raw state dict or wrap it under ``state_dict`` / ``model``;
+    ``module.`` prefixes are stripped, classifier keys (``model.ignored_checkpoint_prefixes``)
+    are skipped. Missing and unexpected keys are reported with a ``UserWarning`` listing them.
+
+    Raises:
+        FileNotFoundError: ``weights`` is a path that does not exist.
+        ValueError: no key of the checkpoint matches the model (both key sets are shown), or
+            some matching keys have a different shape (listed).
+    """
+    if isinstance(weights, (str, os.PathLike)):
+        source = source or str(weights)
+        weights = read_weights_file(weights)
+    source = source or "state dict"
+    state = _unwrap_state_dict(weights)
+    report = LoadReport()
+
+    own = model.state_dict()
+    for prefix in model.checkpoint_prefixes:
+        if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):
+            report.skipped += [k for k in state if not k.startswith(prefix)]
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+            break
+    ignored = model.ignored_checkpoint_prefixes
+    report.skipped += [k for k in state if k.startswith(ignored)]
+    state = {k: v for k, v in state.items() if not k.startswith(ignored)}
+
+    name = type(model).__name__
+    matched = [k for k in state if k in own]
+    if not matched:
+        raise ValueError(
+            f"no key of {source} matches backbone {name}: it has {len(state)} tensor(s) "
+            f"{_preview(sorted(state))}, the backbone expects e.g. {_preview(list(own))}"
+        )
+    bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+           for k in matched if state[k].shape != own[k].shape]
+    if bad:
+        raise ValueError(
+            f"{len(bad)} tensor(s) of {source} have the wrong shape for backbone {name} "
+            f"(another architecture or width?): {_preview(bad)}"
+        )
+    result = model.load_state_dict({k: state[k] for k in matched}, strict=False)
+    report.loaded = matched
+    report.missing = [k for k in result.missing_keys if not k.endswith(_BN_COUNTER)]
+    report.unexpected = [k for k in state if k not in own]
+    if report.missing or report.unexpected:
+        warnings.warn(
+            f"loaded {len(matched)} tensor(s) of {source} into backbone {name}; "
+            f"{len(report.missing)} missing key(s) keep their initial values "
+            f"{_preview(report.missing)}; {len(report.unexpected)} unexpected key(s) ignored "
+            f"{_preview(report.unexpected)}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return report
+
+
+def download_state_dict(url: str) -> dict[str, Any]:
+    """Download (or reuse the torch.hub cache of) an official checkpoint, tensors only."""
+    return torch.hub.load_state_dict_from_url(
+        url, map_location="cpu", progress=True, check_hash=True, weights_only=True
+    )

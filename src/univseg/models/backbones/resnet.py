@@ -1,0 +1,84 @@
+"""torchvision ResNets made dilated (output stride 8) for dense prediction.
+
+The strides of ``layer3`` and ``layer4`` are removed and their 3x3 convolutions dilated by 2
+and 4 instead (the DeepLab / DRN recipe), which keeps the receptive field of the ImageNet
+network while the feature map stays at 1/8 of the input. torchvision's
+``replace_stride_with_dilation`` refuses ``BasicBlock`` (ResNet-18/34), so
+:func:`dilate_layer` converts any residual stage, basic or bottleneck, by editing its
+convolutions in place; it changes no parameter, so ImageNet weights still apply. ``avgpool``
+and ``fc`` are dropped; module names are torchvision's (``conv1, bn1, layer1`` ...).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from torch import Tensor, nn
+from torchvision import models as tvm
+
+from .registry import Backbone, download_state_dict, register_backbone
+
+
+def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
+    """Make a residual stage keep its input resolution and dilate it by ``dilation`` instead.
+
+    Every convolution gets stride 1 (the strided 3x3 conv and the 1x1 projection shortcut of
+    the first block). Every 3x3 convolution gets dilation ``dilation`` (and matching padding),
+    except the one that used to stride in the first block, which gets ``dilation // 2``: that
+    is the rate the previous stage runs at, so the first block sees the same sampling grid as
+    in the strided network. Works for torchvision ``BasicBlock`` and ``Bottleneck`` alike.
+    """
+    if dilation < 1:
+        raise ValueError(f"dilation must be >= 1, got {dilation}")
+    for index, block in enumerate(layer):
+        for conv in block.modules():
+            if not isinstance(conv, nn.Conv2d):
+                continue
+            was_strided = conv.stride != (1, 1)
+            conv.stride = (1, 1)
+            if conv.kernel_size == (1, 1):
+                continue
+            d = max(1, dilation // 2) if index == 0 and was_strided else dilation
+            conv.dilation = (d, d)
+            conv.padding = (d * (conv.kernel_size[0] // 2), d * (conv.kernel_size[1] // 2))
+
+
+class DilatedResNet(Backbone):
+    """A torchvision ResNet without ``avgpool``/``fc``, at output stride 8.
+
+    Args:
+        net: a torchvision ``ResNet`` (any depth); its modules are reused, not copied.
+    """
+
+    def __init__(self, net: tvm.ResNet) -> None:
+        super().__init__()
+        self.conv1, self.bn1, self.relu, self.maxpool = net.conv1, net.bn1, net.relu, net.maxpool
+        self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
+        dilate_layer(self.layer3, 2)
+        dilate_layer(self.layer4, 4)
+        last = self.layer4[-1]
+        self.out_channels = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        self.output_stride = 8
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+
+
+def _register(name: str, make: Callable[..., tvm.ResNet], weights: Any) -> None:
+    """Register ``name``; ``"imagenet"`` downloads ``weights.DEFAULT`` (torchvision's URL)."""
+
+    def imagenet() -> dict:
+        return download_state_dict(weights.DEFAULT.url)
+
+    def build() -> DilatedResNet:
+        return DilatedResNet(make(weights=None))
+
+    build.__name__ = build.__qualname__ = name
+    build.__doc__ = f"torchvision {name}, dilated to output stride 8, ImageNet weights {weights.DEFAULT}."
+    register_backbone(name, imagenet=imagenet)(build)
+
+
+# torchvision's DEFAULT weights: IMAGENET1K_V1 for resnet18, IMAGENET1K_V2 for resnet50/101.
+_register("resnet18", tvm.resnet18, tvm.ResNet18_Weights)
+_register("resnet50", tvm.resnet50, tvm.ResNet50_Weights)
+_register("resnet101", tvm.resnet101, tvm.ResNet101_Weights)

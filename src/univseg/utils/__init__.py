@@ -1,0 +1,1 @@
+"""Small shared utilities: distributed helpers, atomic files, tables, seeding."""

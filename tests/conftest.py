@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny two-domain synthetic config that trains in seconds."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+DATA_ROOT = Path(os.environ.get("UNIVSEG_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
+
+TINY = {
+    "name": "tiny",
+    "seed": 0,
+    "domains": [
+        {
+            "name": "city",
+            "dataset": {"type": "synthetic", "style": "city", "taxonomy": "fine", "num_train": 12, "num_val": 4, "height": 32, "width": 48},
+            "labeled": {"count": 4},
+            "batch_size": 2,
+            "unlabeled_batch_size": 2,
+            "train_transforms": [{"type": "hflip"}],
+        },
+        {
+            "name": "rural",
+            "dataset": {"type": "synthetic", "style": "rural", "taxonomy": "coarse", "num_train": 12, "num_val": 4, "height": 32, "width": 48},
+            "labeled": {"count": 4},
+            "batch_size": 2,
+            "unlabeled_batch_size": 2,
+        },
+    ],
+    "model": {"backbone": "erfnet", "backbone_args": {"width": 0.25}, "embed_dim": 8},
+    "method": {"name": "univ-full", "warmup_iters": 2, "lambda_cross": 0.5, "lambda_within": 0.5},
+    "train": {
+        "iters": 6,
+        "optimizer": {"type": "adamw", "lr": 0.003},
+        "eval_interval": 3,
+        "checkpoint_interval": 3,
+        "log_interval": 1,
+        "num_workers": 0,
+        "amp": "none",
+    },
+    "eval": {"batch_size": 4},
+}
+
+
+@pytest.fixture
+def tiny_raw() -> dict:
+    """Plain data of the tiny config (a fresh copy per test)."""
+    return copy.deepcopy(TINY)
+
+
+@pytest.fixture
+def tiny_yaml(tmp_path: Path, tiny_raw: dict) -> Path:
+    import yaml
+
+    path = tmp_path / "tiny.yaml"
+    path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
+    return path

@@ -1,0 +1,139 @@
+"""End-to-end training behaviour: loss goes down, exact resume, checkpoints, methods."""
+import json
+
+import pytest
+import torch
+
+from univseg.config import validate_config
+from univseg.engine.checkpoint import CheckpointError, load_checkpoint
+from univseg.engine.trainer import Trainer, poly_lr
+
+
+def train(raw, work_dir, resume=False):
+    return Trainer(validate_config(raw), work_dir, resume=resume, progress=False).run()
+
+
+def records(work_dir):
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_poly_lr_with_warmup(tiny_raw):
+    cfg = validate_config(tiny_raw).train
+    assert poly_lr(cfg, 0, 10) == pytest.approx(0.003)
+    assert poly_lr(cfg, 5, 10) == pytest.approx(0.003 * 0.5**0.9)
+    assert poly_lr(cfg, 10, 10) == 0.0
+    cfg.schedule.warmup_iters = 4
+    assert poly_lr(cfg, 0, 10) == pytest.approx(0.003 * 0.1)
+    assert poly_lr(cfg, 2, 10) == pytest.approx(0.003 * 0.8**0.9 * 0.55)
+
+
+def test_short_run_lowers_the_loss_and_writes_everything(tiny_raw, tmp_path):
+    tiny_raw["train"]["iters"] = 30
+    tiny_raw["train"]["eval_interval"] = 15
+    tiny_raw["train"]["checkpoint_interval"] = 15
+    tiny_raw["method"]["name"] = "joint"
+    results = train(tiny_raw, tmp_path)
+    logs = [r for r in records(tmp_path) if "sup" in r]
+    first, last = sum(r["sup"] for r in logs[:5]) / 5, sum(r["sup"] for r in logs[-5:]) / 5
+    assert last < 0.7 * first, (first, last)
+    for name in ("latest.pt", "best.pt", "config.yaml", "eval_results.json", "metrics.jsonl"):
+        assert (tmp_path / name).is_file(), name
+    evals = [r for r in records(tmp_path) if "eval" in r]
+    assert [r["iter"] for r in evals] == [15, 30]
+    assert set(results["domains"]) == {"city", "rural"}
+    assert 0 < results["mean_mIoU"] <= 1
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    assert ckpt["iteration"] == 30 and set(ckpt["label_spaces"]) == {"city", "rural"}
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["best"]["mean_mIoU"] == max(r["mean_mIoU"] for r in evals)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_equals_uninterrupted_run(tiny_raw, tmp_path, monkeypatch):
+    """Train 6 iterations; separately, die after iteration 4 (checkpoint at 3), resume: same weights."""
+    full = tmp_path / "full"
+    train(tiny_raw, full)
+
+    part = tmp_path / "part"
+    real_step = Trainer.step
+
+    def dying_step(self, iteration, batches):
+        if iteration == 4:
+            raise Killed
+        return real_step(self, iteration, batches)
+
+    monkeypatch.setattr(Trainer, "step", dying_step)
+    with pytest.raises(Killed):
+        train(tiny_raw, part)
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert load_checkpoint(part / "latest.pt")["iteration"] == 3
+    train(tiny_raw, part, resume=True)
+
+    a, b = load_checkpoint(full / "latest.pt"), load_checkpoint(part / "latest.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for d in ("city", "rural"):
+        assert torch.equal(a["method"]["centroids"]["centroids"][d], b["method"]["centroids"]["centroids"][d])
+    # the metrics log holds each iteration once, as if never interrupted
+    assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]
+
+
+def test_resume_refuses_incompatible_checkpoint(tiny_raw, tmp_path):
+    tiny_raw["train"]["iters"] = 3
+    train(tiny_raw, tmp_path)
+    tiny_raw["model"]["embed_dim"] = 16
+    tiny_raw["domains"][1]["dataset"]["taxonomy"] = "fine"
+    with pytest.raises(CheckpointError) as e:
+        Trainer(validate_config(tiny_raw), tmp_path, resume=True, progress=False)
+    assert "model.embed_dim: checkpoint 8, config 16" in str(e.value)
+    assert "head 'rural' classes" in str(e.value)
+
+
+def test_resume_without_checkpoint_says_what_to_do(tiny_raw, tmp_path):
+    with pytest.raises(FileNotFoundError, match="no checkpoint at .*latest.pt"):
+        Trainer(validate_config(tiny_raw), tmp_path, resume=True, progress=False)
+
+
+@pytest.mark.parametrize(
+    "method, similarity, mode",
+    [("univ-full", "dot", "frozen"), ("univ-full", "cosine", "ema"), ("univ-cross", "cosine", "frozen"), ("joint", "cosine", "ema")],
+)
+def test_methods_produce_finite_moving_losses(tiny_raw, tmp_path, method, similarity, mode):
+    tiny_raw["method"].update({"name": method, "similarity": similarity, "centroids": {"mode": mode}})
+    tiny_raw["train"]["eval_interval"] = 0
+    train(tiny_raw, tmp_path)
+    logs = [r for r in records(tmp_path) if "loss" in r]
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    aligned = [r for r in logs if "ent_cross" in r]
+    if method == "joint":
+        assert not aligned
+        return
+    assert [r["iter"] for r in aligned] == [3, 4, 5, 6]  # entropy terms start after warm-up (2 iterations)
+    assert all(r["ent_cross"] > 0 for r in aligned)
+    assert ("ent_within" in aligned[0]) == (method == "univ-full")
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    bank = ckpt["method"]["centroids"]
+    assert bank["ready"] and bank["mode"] == mode
+    assert bank["valid"]["city"].any() and torch.isfinite(bank["centroids"]["city"]).all()
+
+
+def test_single_method_trains_one_head_and_is_scored_everywhere_via_mapping(tiny_raw, tmp_path):
+    tiny_raw["method"].update({"name": "single", "domains": ["city"]})
+    results = train(tiny_raw, tmp_path)
+    ckpt = load_checkpoint(tmp_path / "latest.pt")
+    assert list(ckpt["label_spaces"]) == ["city"]
+    assert results["domains"]["city"]["head"] == "city"
+    assert results["domains"]["rural"]["head"] == "city via synthetic-fine->synthetic-coarse"
+    assert results["domains"]["rural"]["mIoU"] is not None
+
+
+def test_single_with_two_domains_is_a_config_error(tiny_raw, tmp_path):
+    from univseg.config import ConfigError
+
+    tiny_raw["method"]["name"] = "single"
+    with pytest.raises(ConfigError, match="method.domains"):
+        Trainer(validate_config(tiny_raw), tmp_path, progress=False)
