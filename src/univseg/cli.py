@@ -80,6 +80,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .engine.experiment import run_experiment
+
+    config = resolve_config_path(args.config)
+    out = Path(args.out) if args.out else Path("work_dirs") / f"{Path(args.config).stem}_experiment"
+    overrides = list(args.set or []) + ([f"train.device={args.device}"] if args.device else [])
+    run_experiment(config, out, methods=args.methods, seeds=args.seeds, overrides=overrides, progress=not args.no_progress)
+    return 0
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -125,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     sp.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt exactly where it stopped")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+
+    sp = verb("experiment", cmd_experiment, "compare methods on one config (the paper's table)",
+              "Train every method on the same data, splits, seed and budget, evaluate every model on every "
+              "domain (through class mappings where a model lacks a domain's label space) and write results.md, "
+              "results.csv, results.json and results.png. Re-running resumes; finished methods are not retrained.")
+    config_args(sp)
+    sp.add_argument("--out", help="output folder (default: work_dirs/<config>_experiment)")
+    sp.add_argument("--methods", nargs="+", metavar="KEY",
+                    help="method keys: single-<domain>, finetune-<A>-to-<B>, joint, univ-cross, univ-full, adversarial "
+                    "(default: experiment.methods of the config, else all)")
+    sp.add_argument("--seeds", nargs="+", type=int, help="repeat every method with these seeds (mean ± std)")
 
     sp = verb("eval", cmd_eval, "evaluate a checkpoint on a config's domains",
               "Per-domain mIoU in each domain's own label space (dataset-level confusion matrix), per-class "

@@ -75,6 +75,9 @@ class ModelConfig(_Strict):
     backbone: str = Field("erfnet", description="registered backbone name")
     backbone_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the backbone")
     pretrained: Optional[str] = Field(None, description="null, 'imagenet' (downloads) or a local weights file")
+    init_from: Optional[Path] = Field(
+        None, description="univseg checkpoint initialising the encoder, embedding and same-named heads (fine-tuning)"
+    )
     embed_dim: int = Field(100, ge=1, description="dimension of the shared embedding (paper: 100)")
     head_channels: int = Field(0, ge=0, description="hidden channels of a 3x3 conv before each classifier (0: 1x1 only)")
     mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="input normalisation mean (0..255 scale)")
@@ -86,6 +89,20 @@ class CentroidConfig(_Strict):
 
     mode: Literal["frozen", "ema"] = Field("ema", description="frozen after warm-up (paper) or EMA-updated every step")
     momentum: float = Field(0.99, ge=0, lt=1, description="EMA momentum (ema mode)")
+
+
+class AdversarialConfig(_Strict):
+    """The 'adversarial' baseline (Hung et al., BMVC 2018); defaults are the paper's (Sec. 4.2) and its code."""
+
+    lambda_adv: float = Field(0.01, ge=0, description="weight of the adversarial loss on labeled images (lambda_adv)")
+    lambda_adv_unlabeled: float = Field(0.001, ge=0, description="weight of the adversarial loss on unlabeled images")
+    lambda_semi: float = Field(0.1, ge=0, description="weight of the self-training loss on unlabeled images (lambda_semi)")
+    t_semi: float = Field(0.2, ge=0, le=1, description="discriminator confidence above which unlabeled pixels self-train (T_semi)")
+    semi_start: int = Field(5000, ge=0, description="iterations before the self-training loss starts")
+    ndf: int = Field(64, ge=1, description="discriminator width: its convs have ndf, 2ndf, 4ndf, 8ndf channels")
+    lr: float = Field(1e-4, gt=0, description="discriminator Adam learning rate (poly-decayed like the model's)")
+    betas: tuple[float, float] = Field((0.9, 0.99), description="discriminator Adam betas")
+    power: float = Field(0.9, ge=0, description="poly decay power of the discriminator learning rate")
 
 
 class MethodConfig(_Strict):
@@ -102,6 +119,9 @@ class MethodConfig(_Strict):
         "input", description="entropy over unlabeled pixels at image resolution (paper) or encoder resolution (faster)"
     )
     centroids: CentroidConfig = Field(default_factory=CentroidConfig, description="centroid bank settings")
+    adversarial: AdversarialConfig = Field(
+        default_factory=AdversarialConfig, description="settings of the 'adversarial' method (Hung et al. 2018)"
+    )
 
 
 class OptimizerConfig(_Strict):
@@ -142,6 +162,15 @@ class EvalConfig(_Strict):
     )
 
 
+class ExperimentConfig(_Strict):
+    """What 'univseg experiment' compares (rows of the results table)."""
+
+    methods: Optional[list[str]] = Field(
+        None, description="method keys: single-<domain>, finetune-<A>-to-<B>, joint, univ-cross, univ-full, adversarial (default: all)"
+    )
+    seeds: list[int] = Field(default_factory=list, description="seeds to repeat every method with (default: [seed])")
+
+
 class Config(_Strict):
     """A whole experiment."""
 
@@ -152,6 +181,7 @@ class Config(_Strict):
     method: MethodConfig = Field(default_factory=MethodConfig, description="method settings")
     train: TrainConfig = Field(default_factory=TrainConfig, description="training settings")
     eval: EvalConfig = Field(default_factory=EvalConfig, description="evaluation settings")
+    experiment: ExperimentConfig = Field(default_factory=ExperimentConfig, description="method comparison settings")
 
     @model_validator(mode="after")
     def _check_domains(self) -> "Config":

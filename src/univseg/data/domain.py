@@ -10,7 +10,7 @@ import torch
 from .base import DataError, FileSegDataset, SegDataset
 from .label_space import LabelSpace
 from .registry import build_dataset
-from .splits import match_split_entries, read_split_file, select_subset
+from .splits import match_pool_entries, match_split_entries, read_split_file, select_subset
 from .transforms import Compose, build_transforms, load_arrays
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -92,15 +92,8 @@ def build_domain(cfg, index: int, seed: int) -> Domain:
         raise DataError(f"{where}: val split '{cfg.val_split}' has no labels; pick a labeled split for evaluation")
     if len(train) == 0:
         raise DataError(f"{where}: split '{cfg.train_split}' is empty")
-    lab = cfg.labeled
-    if lab.split_file is not None:
-        labeled_idx = match_split_entries(train, read_split_file(lab.split_file), str(lab.split_file))
-    else:
-        try:
-            labeled_idx = select_subset(len(train), lab.count, lab.fraction, seed if lab.seed is None else lab.seed)
-        except ValueError as e:
-            raise DataError(f"{where}.labeled: {e} in split '{cfg.train_split}'") from None
-    unlabeled_items = _unlabeled_items(cfg, train, labeled_idx, type_name, params, seed)
+    labeled_idx = labeled_indices(cfg, train, seed, where)
+    unlabeled_items = unlabeled_pool(cfg, train, labeled_idx, type_name, params, seed)
     train_tf = build_transforms(cfg.train_transforms, where=f"{where}.train_transforms")
     val_tf = build_transforms(cfg.val_transforms, where=f"{where}.val_transforms")
     labeled_items = [(train, i) for i in labeled_idx]
@@ -116,21 +109,43 @@ def build_domain(cfg, index: int, seed: int) -> Domain:
     )
 
 
-def _unlabeled_items(cfg, train: SegDataset, labeled_idx: list[int], type_name: str, params, seed: int):
+def labeled_indices(cfg, train: SegDataset, seed: int, where: str | None = None) -> list[int]:
+    """Sorted indices of the labeled subset of ``train`` by the rule of DomainConfig ``cfg``.
+
+    ``seed`` is the experiment seed (used unless ``cfg.labeled.seed`` is set). Raises DataError
+    naming the domain when the rule asks for more images than the split has, or naming the split
+    file and its unknown entries.
+    """
+    where = where or f"domain '{cfg.name}'"
+    lab = cfg.labeled
+    if lab.split_file is not None:
+        return match_split_entries(train, read_split_file(lab.split_file), str(lab.split_file))
+    try:
+        return select_subset(len(train), lab.count, lab.fraction, seed if lab.seed is None else lab.seed)
+    except ValueError as e:
+        raise DataError(f"{where}.labeled: {e} in split '{cfg.train_split}'") from None
+
+
+def unlabeled_pool(cfg, train: SegDataset, labeled_idx: list[int], type_name: str, params, seed: int):
+    """The unlabeled pool of DomainConfig ``cfg`` as ``(dataset, index)`` items, in a fixed order.
+
+    By rule: the train images (minus the labeled ones unless ``include_labeled``), then each extra
+    split, then each extra folder. With ``unlabeled.split_file`` the file's entries are looked up
+    in those same sources (train split, extra splits, extra folders, in that order) instead.
+    ``max_images`` then keeps a deterministic subset (experiment ``seed``), preserving the order.
+    """
     u = cfg.unlabeled
+    sources = [train] + [build_dataset(type_name, params, split) for split in u.extra_splits]
+    sources += [image_folder_dataset(folder, train.label_space) for folder in u.extra_dirs]
     if u.split_file is not None:
-        idx = match_split_entries(train, read_split_file(u.split_file), str(u.split_file))
-        items = [(train, i) for i in idx]
+        pairs = match_pool_entries(sources, read_split_file(u.split_file), str(u.split_file))
+        items = [(sources[d], i) for d, i in pairs]
     else:
         items = []
         if u.use_train:
             chosen = set(labeled_idx)
             items += [(train, i) for i in range(len(train)) if u.include_labeled or i not in chosen]
-        for split in u.extra_splits:
-            extra = build_dataset(type_name, params, split)
-            items += [(extra, i) for i in range(len(extra))]
-        for folder in u.extra_dirs:
-            extra = image_folder_dataset(folder, train.label_space)
+        for extra in sources[1:]:
             items += [(extra, i) for i in range(len(extra))]
     if u.max_images is not None and len(items) > u.max_images:
         items = [items[i] for i in select_subset(len(items), u.max_images, None, seed)]

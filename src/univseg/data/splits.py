@@ -1,6 +1,7 @@
 """Labeled-subset selection and split files ('image [label]' per line, as UniMatch/mmseg use)."""
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Iterable, Sequence
 
@@ -12,11 +13,12 @@ from .base import DataError, FileSegDataset, SegDataset
 def select_subset(n: int, count: int | None = None, fraction: float | None = None, seed: int = 0) -> list[int]:
     """Sorted indices of a deterministic random subset of ``range(n)`` (all when neither is given).
 
-    The subset for a larger count contains the subset for a smaller one (same permutation).
+    ``fraction`` selects ``fraction * n`` images rounded half up (at least one). The subset for a
+    larger count contains the subset for a smaller one (same permutation of the same seed).
     """
     if count is None and fraction is None:
         return list(range(n))
-    k = count if count is not None else max(1, int(round(fraction * n)))
+    k = count if count is not None else max(1, math.floor(fraction * n + 0.5))
     if k > n:
         raise ValueError(f"asked for {k} images but only {n} are available")
     perm = np.random.default_rng(seed).permutation(n)
@@ -36,34 +38,82 @@ def read_split_file(path: str | Path) -> list[str]:
     return entries
 
 
-def sample_keys(dataset: SegDataset, i: int) -> list[str]:
-    """The names by which a split file may refer to sample ``i``."""
+def _exact_keys(dataset: SegDataset, i: int) -> list[str]:
+    """Names that identify sample ``i`` exactly: sample id, path relative to the root, stored path."""
     keys = [dataset.sample_id(i)]
     if isinstance(dataset, FileSegDataset):
         p = dataset.images[i]
-        keys += [p.name, p.stem, str(p)]
         if dataset.root is not None:
             try:
                 keys.append(str(p.relative_to(dataset.root)))
             except ValueError:
                 pass
+        keys.append(str(p))
     return keys
+
+
+def _loose_keys(dataset: SegDataset, i: int) -> list[str]:
+    """Shorter names of sample ``i`` (file name, stem), usable when they are unambiguous."""
+    if isinstance(dataset, FileSegDataset):
+        p = dataset.images[i]
+        return [p.name, p.stem]
+    return []
+
+
+def sample_keys(dataset: SegDataset, i: int) -> list[str]:
+    """The names by which a split file may refer to sample ``i``."""
+    return _exact_keys(dataset, i) + _loose_keys(dataset, i)
+
+
+def match_pool_entries(datasets: Sequence[SegDataset], entries: Sequence[str], origin: str) -> list[tuple[int, int]]:
+    """``(dataset position, index)`` pairs named by split-file entries, sorted and deduplicated.
+
+    An entry may be a sample's path relative to its dataset root, its stored path, its sample id,
+    or (when no other sample shares it) its file name or stem. Exact names win over file names,
+    and earlier datasets over later ones. Unknown or ambiguous entries raise DataError naming
+    them and ``origin`` (the split file).
+    """
+    lookup: dict[str, tuple[int, int]] = {}
+    for d, ds in enumerate(datasets):
+        for i in range(len(ds)):
+            for key in _exact_keys(ds, i):
+                lookup.setdefault(key, (d, i))
+    loose: dict[str, set[tuple[int, int]]] = {}
+    for d, ds in enumerate(datasets):
+        for i in range(len(ds)):
+            for key in _loose_keys(ds, i):
+                if key not in lookup:
+                    loose.setdefault(key, set()).add((d, i))
+    ambiguous_keys = {k for k, v in loose.items() if len(v) > 1}
+    lookup.update({k: next(iter(v)) for k, v in loose.items() if len(v) == 1})
+    found: set[tuple[int, int]] = set()
+    missing, ambiguous = [], []
+    for e in entries:
+        for cand in (e, e[2:] if e.startswith("./") else e, e.lstrip("/")):
+            if cand in lookup:
+                found.add(lookup[cand])
+                break
+        else:
+            (ambiguous if e in ambiguous_keys else missing).append(e)
+    if missing or ambiguous:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} entries match no image of the split: {_shown(missing)}")
+        if ambiguous:
+            parts.append(
+                f"{len(ambiguous)} entries name several images (give the path relative to the dataset root): {_shown(ambiguous)}"
+            )
+        raise DataError(f"{origin}: " + "; ".join(parts))
+    return sorted(found)
 
 
 def match_split_entries(dataset: SegDataset, entries: Sequence[str], origin: str) -> list[int]:
     """Indices of ``dataset`` named by split-file entries; unknown entries raise DataError naming them."""
-    lookup: dict[str, int] = {}
-    for i in range(len(dataset)):
-        for key in sample_keys(dataset, i):
-            lookup.setdefault(key, i)
-    found, missing = [], []
-    for e in entries:
-        i = lookup.get(e, lookup.get(e.lstrip("./")))
-        (missing if i is None else found).append(e if i is None else i)
-    if missing:
-        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-        raise DataError(f"{origin}: {len(missing)} entries match no image of the split: {shown}")
-    return sorted(set(found))
+    return [i for _, i in match_pool_entries([dataset], entries, origin)]
+
+
+def _shown(names: Sequence[str], n: int = 5) -> str:
+    return ", ".join(names[:n]) + (f" and {len(names) - n} more" if len(names) > n else "")
 
 
 def split_lines(dataset: SegDataset, indices: Iterable[int], with_labels: bool) -> list[str]:

@@ -71,3 +71,25 @@ def check_compatible(ckpt: Mapping[str, Any], model_cfg: Mapping[str, Any], labe
             diffs.append(f"head '{name}' classes: checkpoint {a.names}, config {b.names}")
     if diffs:
         raise CheckpointError(f"checkpoint {path} does not match this configuration:\n  " + "\n  ".join(diffs))
+
+
+def init_from_checkpoint(model: torch.nn.Module, path: str | Path, label_spaces: Mapping[str, LabelSpace]) -> list[str]:
+    """Copy a checkpoint's encoder and embedding weights, and heads with the same name and classes,
+    into ``model`` (fine-tuning). Returns the names of the heads that start from scratch."""
+    ckpt = load_checkpoint(path)
+    saved = checkpoint_label_spaces(ckpt)
+    own = model.state_dict()
+    fresh = [h for h in label_spaces if h not in saved or saved[h].names != label_spaces[h].names]
+    take = {
+        k: v
+        for k, v in ckpt["model"].items()
+        if k in own and not any(k.startswith(f"heads.{h}.") for h in fresh) and v.shape == own[k].shape
+    }
+    missing = [k for k in own if k not in take and not any(k.startswith(f"heads.{h}.") for h in fresh)]
+    if missing:
+        raise CheckpointError(
+            f"model.init_from={path}: the checkpoint lacks or has differently shaped weights for {missing[:5]}"
+            f"{' ...' if len(missing) > 5 else ''}; it was trained with another backbone or embedding size"
+        )
+    model.load_state_dict(take, strict=False)
+    return fresh

@@ -21,7 +21,8 @@ class Method:
 
         method.prepare(iteration, centroid_source)      # e.g. compute centroids once warm-up ends
         terms = method.losses(model, batches)           # {'loss': total, other terms...}
-        terms['loss'].backward()
+        terms['loss'].backward(); optimizer.step()
+        terms |= method.after_step(iteration)           # e.g. a discriminator's own update
 
     ``batches[domain]`` holds ``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
     when ``needs_unlabeled``, ``unlabeled`` [B',3,H,W].
@@ -39,6 +40,10 @@ class Method:
 
     def losses(self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def after_step(self, iteration: int) -> dict[str, torch.Tensor]:
+        """Hook after the model's optimizer step, e.g. to update auxiliary networks; returns terms to log."""
+        return {}
 
     def to(self, device: torch.device) -> "Method":
         return self
@@ -176,3 +181,6 @@ METHODS.register("univ-full", _universal(True, True))
 def build_method(cfg, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
     """Build the method named ``cfg.name`` for the trained domains' label spaces."""
     return METHODS.get(cfg.name)(cfg, label_spaces, embed_dim)
+
+
+from . import adversarial  # noqa: E402,F401  (registers the "adversarial" method)

@@ -59,11 +59,15 @@ class Predictor:
         names = [f"{h} ({ls.name})" for h, ls in self.label_spaces.items()]
         raise UnknownNameError(f"the model has no label space '{label_space}'; available: {', '.join(names)}")
 
+    def _batch(self, image: Any) -> torch.Tensor:
+        """[1, 3, H, W] float tensor (0..255) on the model's device."""
+        return torch.tensor(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+
     @torch.no_grad()
     def logits(self, image: Any, label_space: str | None = None) -> torch.Tensor:
         """[K, H, W] float logits of one image in one label space."""
         head = self.resolve(label_space)
-        x = torch.from_numpy(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+        x = self._batch(image)
         with autocast(self.device, self.amp):
             return self.model(x, heads=[head])[head][0].float()
 
@@ -74,7 +78,7 @@ class Predictor:
     @torch.no_grad()
     def predict_all(self, image: Any) -> dict[str, np.ndarray]:
         """Class ids in every label space of the model, from one encoder pass."""
-        x = torch.from_numpy(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
+        x = self._batch(image)
         with autocast(self.device, self.amp):
             out = self.model(x)
         return {h: out[h][0].argmax(0).to(torch.uint8).cpu().numpy() for h in self.label_spaces}

@@ -17,7 +17,7 @@ from ..losses import class_sums
 from ..models.universal import UniversalModel, build_model, upsample
 from ..utils import dist
 from ..utils.files import atomic_write_json
-from .checkpoint import check_compatible, load_checkpoint, save_checkpoint
+from .checkpoint import check_compatible, init_from_checkpoint, load_checkpoint, save_checkpoint
 from .evaluator import evaluate, results_table
 from .precision import autocast, resolve_amp
 from .methods import Method, build_method
@@ -63,6 +63,8 @@ class Trainer:
         self.trained = cfg.trained_domains
         self.heads = {name: self.domains[name].label_space for name in self.trained}
         self.model: UniversalModel = build_model(cfg.model, {k: ls.num_classes for k, ls in self.heads.items()}).to(self.device)
+        if cfg.model.init_from is not None:
+            init_from_checkpoint(self.model, cfg.model.init_from, self.heads)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
         self.optimizer = build_optimizer(cfg.train.optimizer, self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
@@ -212,6 +214,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        terms = {**terms, **self.method.after_step(iteration)}
         return {k: float(v.detach()) for k, v in terms.items()} | {"lr": lr}
 
     def evaluate(self) -> dict[str, Any]:

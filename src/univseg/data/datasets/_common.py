@@ -12,8 +12,10 @@ Every adapter follows the same recipe:
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 from pathlib import Path
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from pydantic import Field
@@ -248,6 +250,25 @@ def suffix_rule(image_dir: Path, label_dir: Path, image_suffixes: Sequence[str],
     return label_for
 
 
+_MISSING_LABELS: contextvars.ContextVar[list | None] = contextvars.ContextVar("univseg_missing_labels", default=None)
+
+
+@contextlib.contextmanager
+def collect_missing_labels() -> Iterator[list[tuple[Path, Path]]]:
+    """Within this block :func:`pair_labels` records missing label files instead of raising.
+
+    Yields a list that receives ``(image, expected label)`` pairs; the datasets built meanwhile keep
+    the (missing) label paths, so ``load_label`` raises DataError for exactly those samples. Used
+    by ``univseg data check`` to report every problem of a split instead of the first.
+    """
+    found: list[tuple[Path, Path]] = []
+    token = _MISSING_LABELS.set(found)
+    try:
+        yield found
+    finally:
+        _MISSING_LABELS.reset(token)
+
+
 def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint: str = "") -> list[Path]:
     """Label path of every image by the pairing rule ``label_for``; every label must exist.
 
@@ -255,6 +276,10 @@ def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint:
     """
     labels = [label_for(p) for p in images]
     missing = [(im, lab) for im, lab in zip(images, labels) if not lab.is_file()]
+    sink = _MISSING_LABELS.get()
+    if missing and sink is not None:
+        sink.extend(missing)
+        return labels
     if missing:
         lines = "\n".join(f"  image {im} -> expected label {lab}" for im, lab in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""

@@ -1,0 +1,219 @@
+"""The 'adversarial' baseline: Hung, Tsai, Liou, Lin, Yang, "Adversarial Learning for Semi-Supervised
+Semantic Segmentation", BMVC 2018, trained over several domains with one universal model.
+
+Each trained domain k gets its own fully-convolutional discriminator D_k on K_k-channel probability
+maps (label spaces differ). Per step, for every domain::
+
+    L_seg = L_ce + lambda_adv * L_adv(labeled) + lambda_adv_unlabeled * L_adv(unlabeled) + lambda_semi * L_semi
+    L_adv = BCE(D(softmax(S(x))), 1)                       (labeled: over non-ignored pixels)
+    L_semi = CE(S(x_u), argmax S(x_u)) over unlabeled pixels with sigmoid(D(softmax(S(x_u)))) > T_semi
+    L_D   = BCE(D(one-hot(y)), 1) + BCE(D(softmax(S(x)).detach()), 0)   (ignore pixels excluded)
+
+``losses`` builds L_seg with D frozen (its parameters do not require grad, so the trainer's single
+backward reaches the model through D but leaves D's weights alone) and stashes the detached
+probabilities; ``after_step`` then updates every D with Adam from the stash. As in the authors'
+code, D sees the predictions of labeled and unlabeled images as fake, and the one-hot ground truth
+(zeros at ignore pixels, excluded from the loss) as real.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.label_space import LabelSpace
+from ..losses import supervised_ce
+from ..models.universal import upsample
+from ..utils import dist
+from .methods import METHODS, Method
+
+
+class Discriminator(nn.Module):
+    """Hung et al.'s FCN discriminator: five 4x4 stride-2 convs (ndf, 2ndf, 4ndf, 8ndf, 1 channels),
+    LeakyReLU(0.2) between them; the 1-channel logit map is upsampled (bilinear) to the input size."""
+
+    def __init__(self, num_classes: int, ndf: int = 64) -> None:
+        super().__init__()
+        chans = [num_classes, ndf, ndf * 2, ndf * 4, ndf * 8]
+        layers: list[nn.Module] = []
+        for c_in, c_out in zip(chans[:-1], chans[1:]):
+            layers += [nn.Conv2d(c_in, c_out, 4, stride=2, padding=1), nn.LeakyReLU(0.2, inplace=True)]
+        layers.append(nn.Conv2d(chans[-1], 1, 4, stride=2, padding=1))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        """[B, K, H, W] class probabilities -> [B, 1, H, W] logits of 'comes from the ground truth'."""
+        return upsample(self.net(probs), tuple(probs.shape[-2:]))
+
+
+def masked_bce(logits: torch.Tensor, target: float, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean BCE-with-logits (float32) of ``logits`` [B,1,H,W] against the constant ``target`` over
+    the pixels where ``mask`` [B,H,W] is True (all when None); 0 with a graph when none are."""
+    x = logits.float().squeeze(1)
+    loss = F.binary_cross_entropy_with_logits(x, torch.full_like(x, float(target)), reduction="none")
+    if mask is None:
+        return loss.mean()
+    if not bool(mask.any()):
+        return x.sum() * 0.0
+    return loss[mask].mean()
+
+
+def one_hot_labels(label: torch.Tensor, num_classes: int, ignore_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(one-hot [B,K,H,W] float32 with all-zero vectors at ignore pixels, valid mask [B,H,W])."""
+    valid = label != ignore_index
+    onehot = F.one_hot(torch.where(valid, label, torch.zeros_like(label)).long(), num_classes)
+    return onehot.permute(0, 3, 1, 2).float() * valid.unsqueeze(1), valid
+
+
+def semi_loss(
+    logits: torch.Tensor, d_logits: torch.Tensor, t_semi: float, ignore_index: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-training CE of unlabeled ``logits`` [B,K,H,W] towards their own argmax on the pixels whose
+    discriminator confidence sigmoid(``d_logits``) [B,1,H,W] exceeds ``t_semi``; returns (loss, mask)."""
+    with torch.no_grad():
+        confident = torch.sigmoid(d_logits.float()).squeeze(1) > t_semi
+        target = logits.argmax(1)
+        target[~confident] = ignore_index
+    return supervised_ce(logits, target, ignore_index), confident
+
+
+class AdversarialSemiSupervised(Method):
+    """Hung et al. 2018 over the trained domains, one discriminator per domain (see the module doc).
+
+    Logged terms: ``ce_<domain>``, ``sup`` (sum of the CEs), ``adv`` and ``semi`` (their weighted
+    contributions, so ``loss = sup + adv + semi``; ``semi`` only from iteration ``semi_start`` on)
+    and, from ``after_step``, ``d_loss`` (sum over domains of the unweighted discriminator loss).
+    The discriminator learning rate decays as ``lr * (1 - t / total_iters) ** power`` when
+    ``total_iters`` is set (the trainer sets it to ``train.iters``), else stays constant.
+    """
+
+    needs_unlabeled = True
+
+    def __init__(self, cfg, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
+        super().__init__(cfg, label_spaces, embed_dim)
+        self.acfg = cfg.adversarial
+        self.discriminators = nn.ModuleDict(
+            {k: Discriminator(ls.num_classes, self.acfg.ndf) for k, ls in self.label_spaces.items()}
+        )
+        self.discriminators.requires_grad_(False)
+        self.d_optimizer = torch.optim.Adam(
+            self._d_params(), lr=self.acfg.lr, betas=tuple(self.acfg.betas)
+        )
+        self.total_iters: int | None = None
+        self.iteration = 0
+        self._stash: dict[str, dict[str, torch.Tensor]] = {}
+
+    def _d_params(self) -> list[nn.Parameter]:
+        return list(self.discriminators.parameters())
+
+    def to(self, device: torch.device) -> "AdversarialSemiSupervised":
+        self.discriminators.to(device)
+        # re-home Adam's state too (empty before the first step)
+        for state in self.d_optimizer.state.values():
+            for k, v in state.items():
+                if isinstance(v, torch.Tensor) and k != "step":
+                    state[k] = v.to(device)
+        return self
+
+    def prepare(self, iteration: int, centroid_source) -> None:
+        self.iteration = iteration
+
+    def d_lr(self, iteration: int) -> float:
+        """The discriminator's learning rate at ``iteration`` (poly decay over ``total_iters``)."""
+        if not self.total_iters:
+            return self.acfg.lr
+        return self.acfg.lr * (1 - min(iteration, self.total_iters) / self.total_iters) ** self.acfg.power
+
+    # ------------------------------------------------------------------ segmentation network
+    def losses(self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+        a = self.acfg
+        semi_on = self.iteration >= a.semi_start
+        self.discriminators.requires_grad_(False)
+        inputs, n_labeled = {}, {}
+        for d, b in batches.items():
+            n_labeled[d] = b["image"].shape[0]
+            x = [b["image"]]
+            if "unlabeled" in b and b["unlabeled"].shape[0] > 0:
+                x.append(b["unlabeled"])
+            inputs[d] = torch.cat(x) if len(x) > 1 else x[0]
+        outputs = model(inputs, embed=False)
+
+        terms: dict[str, torch.Tensor] = {}
+        sup = adv = semi = 0.0
+        any_unlabeled = False
+        self._stash = {}
+        for d, out in outputs.items():
+            n, ls = n_labeled[d], self.label_spaces[d]
+            logits, label = out[d], batches[d]["label"]
+            ce = supervised_ce(logits[:n], label, ls.ignore_index)
+            terms[f"ce_{d}"] = ce.detach()
+            sup = sup + ce
+            probs = logits.float().softmax(1)
+            d_out = self.discriminators[d](probs)
+            valid = label != ls.ignore_index
+            adv = adv + a.lambda_adv * masked_bce(d_out[:n], 1.0, valid)
+            if logits.shape[0] > n:
+                any_unlabeled = True
+                adv = adv + a.lambda_adv_unlabeled * masked_bce(d_out[n:], 1.0)
+                if semi_on:
+                    loss_semi, _ = semi_loss(logits[n:], d_out[n:].detach(), a.t_semi, ls.ignore_index)
+                    semi = semi + a.lambda_semi * loss_semi
+            self._stash[d] = {"probs": probs.detach(), "label": label}
+        total = sup + adv
+        terms["sup"] = sup.detach()
+        terms["adv"] = adv.detach()
+        if semi_on and any_unlabeled:
+            total = total + semi
+            terms["semi"] = semi.detach()
+        terms["loss"] = total
+        return terms
+
+    # ------------------------------------------------------------------ discriminators
+    def discriminator_loss(self, domain: str, probs: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """BCE(D(one-hot GT), 1) + BCE(D(probs), 0) for one domain; ``probs`` holds the labeled
+        images first (``label.shape[0]`` of them), whose ignore pixels are excluded in both terms."""
+        ls, disc = self.label_spaces[domain], self.discriminators[domain]
+        n = label.shape[0]
+        onehot, valid = one_hot_labels(label, ls.num_classes, ls.ignore_index)
+        real = masked_bce(disc(onehot), 1.0, valid)
+        fake_mask = torch.cat([valid, valid.new_ones((probs.shape[0] - n, *valid.shape[1:]))])
+        fake = masked_bce(disc(probs.float()), 0.0, fake_mask)
+        return real + fake
+
+    def after_step(self, iteration: int) -> dict[str, torch.Tensor]:
+        if not self._stash:
+            return {}
+        self.discriminators.requires_grad_(True)
+        self.discriminators.train()
+        for group in self.d_optimizer.param_groups:
+            group["lr"] = self.d_lr(iteration)
+        self.d_optimizer.zero_grad(set_to_none=True)
+        d_loss = 0.0
+        for d, s in self._stash.items():
+            d_loss = d_loss + self.discriminator_loss(d, s["probs"], s["label"])
+        d_loss.backward()
+        if dist.world_size() > 1:  # keep the per-rank copies of D identical
+            for p in self._d_params():
+                if p.grad is not None:
+                    dist.all_reduce_sum(p.grad).div_(dist.world_size())
+        self.d_optimizer.step()
+        self.discriminators.requires_grad_(False)
+        self._stash = {}
+        return {"d_loss": d_loss.detach()}
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "discriminators": {k: m.state_dict() for k, m in self.discriminators.items()},
+            "d_optimizer": self.d_optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for k, m in self.discriminators.items():
+            m.load_state_dict(state["discriminators"][k])
+        self.d_optimizer.load_state_dict(state["d_optimizer"])
+
+
+METHODS.register("adversarial", AdversarialSemiSupervised)

@@ -1,0 +1,238 @@
+"""The 'adversarial' baseline (Hung et al., BMVC 2018): discriminator, losses, training, exact resume."""
+import json
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from univseg.config import validate_config
+from univseg.engine.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
+from univseg.engine.checkpoint import load_checkpoint
+from univseg.engine.methods import METHODS, build_method
+from univseg.engine.trainer import Trainer
+
+IGN = 255
+
+
+def bce1(x):  # BCE(sigmoid(x), 1) = -log sigmoid(x)
+    return -math.log(1 / (1 + math.exp(-x)))
+
+
+def bce0(x):  # BCE(sigmoid(x), 0) = -log(1 - sigmoid(x))
+    return -math.log(1 - 1 / (1 + math.exp(-x)))
+
+
+def p0(l0, l1):  # softmax probability of class 0 of two logits
+    return 1 / (1 + math.exp(l1 - l0))
+
+
+def adv_raw(tiny_raw, **adversarial):
+    tiny_raw["method"] = {"name": "adversarial", "adversarial": {"ndf": 4, "semi_start": 3, **adversarial}}
+    tiny_raw["train"]["eval_interval"] = 0
+    return tiny_raw
+
+
+def make_trainer(raw, work_dir, resume=False):
+    t = Trainer(validate_config(raw), work_dir, resume=resume, progress=False)
+    t.method.total_iters = t.cfg.train.iters  # the D's poly decay horizon
+    return t
+
+
+def records(work_dir):
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+class FixedD(nn.Module):
+    """A stand-in discriminator with hand-computable output: logit = 4 * p(class 0) - 2."""
+
+    def forward(self, probs):
+        return 4 * probs[:, :1].float() - 2
+
+
+class FixedModel(nn.Module):
+    """A stand-in model returning fixed (trainable) logits for domain 'a' (labeled first, then unlabeled)."""
+
+    def __init__(self, logits):
+        super().__init__()
+        self.logits = nn.Parameter(logits.clone())
+
+    def forward(self, inputs, embed=False):
+        assert not embed and set(inputs) == {"a"}
+        return {"a": {"a": self.logits[: inputs["a"].shape[0]]}}
+
+
+def two_class_method(**adversarial):
+    from univseg.data.label_space import ClassInfo, LabelSpace
+
+    cfg = validate_config({"domains": [{"name": "a", "dataset": {"type": "synthetic"}}], "method": {"name": "adversarial", "adversarial": adversarial}}).method
+    ls = LabelSpace("two", (ClassInfo("x", (0, 0, 0)), ClassInfo("y", (1, 1, 1))), ignore_index=IGN)
+    method = build_method(cfg, {"a": ls}, embed_dim=4)
+    method.discriminators["a"] = FixedD()
+    return method
+
+
+def test_registered_with_paper_defaults():
+    assert METHODS.get("adversarial") is AdversarialSemiSupervised
+    a = validate_config({"domains": [{"name": "a", "dataset": {"type": "synthetic"}}]}).method.adversarial
+    assert (a.lambda_adv, a.lambda_adv_unlabeled, a.lambda_semi, a.t_semi, a.semi_start) == (0.01, 0.001, 0.1, 0.2, 5000)
+    assert (a.lr, tuple(a.betas), a.power, a.ndf) == (1e-4, (0.9, 0.99), 0.9, 64)
+
+
+@pytest.mark.parametrize("size", [(32, 48), (37, 50), (64, 64)])
+def test_discriminator_output_is_one_channel_at_input_size(size):
+    d = Discriminator(num_classes=5, ndf=4)
+    out = d(torch.rand(2, 5, *size).softmax(1))
+    assert out.shape == (2, 1, *size)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 8, 16, 32, 1]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) for c in convs)
+    assert sum(isinstance(m, nn.LeakyReLU) and m.negative_slope == 0.2 for m in d.modules()) == 4
+    assert [c.out_channels for c in Discriminator(3).modules() if isinstance(c, nn.Conv2d)] == [64, 128, 256, 512, 1]
+
+
+def test_masked_bce_by_hand():
+    x = torch.tensor([[[[0.0, 1.0], [-2.0, 3.0]]]])
+    mask = torch.tensor([[[True, False], [True, True]]])
+    assert masked_bce(x, 1.0, mask).item() == pytest.approx((bce1(0) + bce1(-2) + bce1(3)) / 3, rel=1e-6)
+    assert masked_bce(x, 0.0).item() == pytest.approx((bce0(0) + bce0(1) + bce0(-2) + bce0(3)) / 4, rel=1e-6)
+    none = masked_bce(x.requires_grad_(), 1.0, torch.zeros_like(mask))
+    assert none.item() == 0.0 and none.requires_grad
+    assert masked_bce(x.bfloat16(), 1.0).dtype == torch.float32
+
+
+def test_semi_loss_only_confident_pixels_towards_argmax():
+    # 1x2x2x2 logits; argmax: class 0, 1, 1, 0
+    logits = torch.tensor([[[[2.0, 0.0], [0.5, 1.0]], [[0.0, 1.0], [3.0, -1.0]]]])
+    # D confidences sigmoid(.): 0.5, 0.119, 0.269, 0.2 (exactly T: not > T) -> pixels 0 and 2 count
+    d_logits = torch.tensor([[[[0.0, -2.0], [-1.0, math.log(0.25)]]]])
+    loss, mask = semi_loss(logits, d_logits, t_semi=0.2, ignore_index=IGN)
+    assert mask.tolist() == [[[True, False], [True, False]]]
+    ce_pix0 = -math.log(p0(2.0, 0.0))  # target 0
+    ce_pix2 = -math.log(1 - p0(0.5, 3.0))  # target 1
+    assert loss.item() == pytest.approx((ce_pix0 + ce_pix2) / 2, rel=1e-6)
+    none, mask = semi_loss(logits, torch.full_like(d_logits, -5.0), 0.2, IGN)
+    assert not mask.any() and none.item() == 0.0
+
+
+def test_losses_and_discriminator_loss_by_hand():
+    method = two_class_method(semi_start=1)
+    # labeled image (pixel (1,0) ignored) then unlabeled image; 2 classes, 2x2 pixels
+    lab = [[[1.0, -1.0], [0.0, 2.0]], [[0.0, 0.0], [1.0, -1.0]]]
+    unl = [[[0.0, 3.0], [-1.0, -1.5]], [[1.0, 0.0], [0.0, 1.0]]]  # pixel (1,1): sigmoid(D) = 0.15 < T_semi
+    model = FixedModel(torch.tensor([lab, unl]))
+    label = torch.tensor([[[0, 1], [IGN, 1]]])
+    batches = {"a": {"image": torch.zeros(1, 3, 2, 2), "label": label, "unlabeled": torch.zeros(1, 3, 2, 2)}}
+
+    def d_logit(img, i, j):  # the FixedD logit at pixel (i, j) of a logits image
+        return 4 * p0(img[0][i][j], img[1][i][j]) - 2
+
+    pix = [(0, 0), (0, 1), (1, 0), (1, 1)]
+    valid = [(0, 0), (0, 1), (1, 1)]
+    ce = (-math.log(p0(1, 0)) - math.log(1 - p0(-1, 0)) - math.log(1 - p0(2, -1))) / 3
+    adv_lab = sum(bce1(d_logit(lab, i, j)) for i, j in valid) / 3
+    adv_unl = sum(bce1(d_logit(unl, i, j)) for i, j in pix) / 4
+
+    # before semi_start: no semi term
+    method.prepare(0, None)
+    terms = method.losses(model, batches)
+    assert "semi" not in terms
+    assert terms["ce_a"].item() == pytest.approx(ce, rel=1e-5)
+    assert terms["adv"].item() == pytest.approx(0.01 * adv_lab + 0.001 * adv_unl, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(ce + 0.01 * adv_lab + 0.001 * adv_unl, rel=1e-5)
+
+    # discriminator loss: one-hot GT is real (ignore pixel excluded), predictions are fake
+    real = (bce1(4 * 1 - 2) + bce1(4 * 0 - 2) + bce1(4 * 0 - 2)) / 3
+    fake = (sum(bce0(d_logit(lab, i, j)) for i, j in valid) + sum(bce0(d_logit(unl, i, j)) for i, j in pix)) / 7
+    stash = method._stash["a"]
+    d_loss = method.discriminator_loss("a", stash["probs"], stash["label"])
+    assert d_loss.item() == pytest.approx(real + fake, rel=1e-5)
+
+    # from semi_start on: CE towards the argmax on unlabeled pixels with sigmoid(D) > 0.2
+    method.prepare(1, None)
+    terms = method.losses(model, batches)
+    conf = [(i, j) for i, j in pix if 1 / (1 + math.exp(-d_logit(unl, i, j))) > 0.2]
+    assert conf == [(0, 0), (0, 1), (1, 0)]
+    semi = sum(-math.log(max(p0(unl[0][i][j], unl[1][i][j]), 1 - p0(unl[0][i][j], unl[1][i][j]))) for i, j in conf) / len(conf)
+    assert terms["semi"].item() == pytest.approx(0.1 * semi, rel=1e-5)
+    assert terms["loss"].item() == pytest.approx(terms["sup"].item() + terms["adv"].item() + terms["semi"].item(), rel=1e-6)
+
+
+def test_adversarial_gradient_reaches_the_model_but_not_the_discriminator(tiny_raw, tmp_path):
+    t = make_trainer(adv_raw(tiny_raw, lambda_adv=1.0, lambda_adv_unlabeled=1.0), tmp_path)
+    batches = t._next_batches(t._loaders())
+    plain = build_method(t.cfg.method.model_copy(update={"adversarial": t.cfg.method.adversarial.model_copy(
+        update={"lambda_adv": 0.0, "lambda_adv_unlabeled": 0.0})}), t.heads, 8)
+    plain.load_state_dict(t.method.state_dict())
+
+    def grads(method):
+        t.model.zero_grad(set_to_none=True)
+        method.prepare(0, None)
+        method.losses(t.model, batches)["loss"].backward()
+        return {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
+
+    with_adv, without = grads(t.method), grads(plain)
+    assert all(p.grad is None for p in t.method.discriminators.parameters())
+    head = "heads.city.weight"
+    assert not torch.allclose(with_adv[head], without[head])
+    assert any(not torch.allclose(with_adv[n], without[n]) for n in with_adv if n.startswith("encoder."))
+    # the discriminator's own update does get gradients and changes it
+    before = {k: v.clone() for k, v in t.method.discriminators.state_dict().items()}
+    out = t.method.after_step(0)
+    assert torch.isfinite(out["d_loss"]) and out["d_loss"] > 0
+    assert all(not torch.equal(before[k], v) for k, v in t.method.discriminators.state_dict().items())
+    assert not any(p.requires_grad for p in t.method.discriminators.parameters())
+
+
+def test_training_logs_terms_updates_discriminators_and_decays_its_lr(tiny_raw, tmp_path):
+    t = make_trainer(adv_raw(tiny_raw), tmp_path)
+    assert t.method.needs_unlabeled
+    before = {k: v.clone() for k, v in t.method.state_dict()["discriminators"]["rural"].items()}
+    t.run()
+    logs = [r for r in records(tmp_path) if "loss" in r]
+    assert [r["iter"] for r in logs] == [1, 2, 3, 4, 5, 6]
+    for r in logs:
+        assert {"ce_city", "ce_rural", "sup", "adv", "d_loss", "loss"} <= set(r)
+        assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
+        assert r["adv"] > 0 and r["d_loss"] > 0
+    assert [r["iter"] for r in logs if "semi" in r] == [4, 5, 6]  # semi_start = 3 iterations
+    for r in logs:
+        assert r["loss"] == pytest.approx(r["sup"] + r["adv"] + r.get("semi", 0.0), rel=1e-5)
+    after = load_checkpoint(tmp_path / "latest.pt")["method"]["discriminators"]["rural"]
+    assert all(not torch.equal(before[k], after[k]) for k in before)
+    assert t.method.d_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 5 / 6) ** 0.9)
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(tiny_raw, tmp_path, monkeypatch):
+    raw = adv_raw(tiny_raw)
+    full, part = tmp_path / "full", tmp_path / "part"
+    make_trainer(raw, full).run()
+
+    real_step = Trainer.step
+
+    def dying_step(self, iteration, batches):
+        if iteration == 4:
+            raise Killed
+        return real_step(self, iteration, batches)
+
+    monkeypatch.setattr(Trainer, "step", dying_step)
+    with pytest.raises(Killed):
+        make_trainer(raw, part).run()
+    monkeypatch.setattr(Trainer, "step", real_step)
+    assert load_checkpoint(part / "latest.pt")["iteration"] == 3
+    make_trainer(raw, part, resume=True).run()
+
+    a, b = load_checkpoint(full / "latest.pt"), load_checkpoint(part / "latest.pt")
+    assert a["iteration"] == b["iteration"] == 6
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    for d in ("city", "rural"):
+        for k, v in a["method"]["discriminators"][d].items():
+            assert torch.equal(v, b["method"]["discriminators"][d][k]), (d, k)
+    sa, sb = a["method"]["d_optimizer"]["state"], b["method"]["d_optimizer"]["state"]
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
+    assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]
