@@ -106,6 +106,7 @@ def machine_info() -> dict[str, Any]:
         "bf16_native_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
         "cuda": torch.cuda.is_available(),
         "loadavg": _loadavg(),
+        "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")},
     }
     if torch.cuda.is_available():
         info["cuda_device"] = torch.cuda.get_device_name(0)
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--amp", nargs="+", default=[None], choices=["none", "bf16", "auto", "fp16"], help="train.amp value(s) (default: the config's)")
     p.add_argument("--eval-images", type=int, default=8, help="val images per domain for the evaluation timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each case (default: torch's)")
+    p.add_argument("--omp-wait-policy", choices=["passive", "active"], default=None,
+                   help="set OMP_WAIT_POLICY for the cases (passive: idle OpenMP threads sleep instead of spinning, "
+                   "which helps a lot when other processes share the cores; default: inherit the environment)")
     p.add_argument("--device", default=None, help="train.device override (default: the config's, i.e. auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every case (repeatable)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the JSON (default: {DEFAULT_JSON})")
@@ -315,10 +319,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.iters < 1 or args.min_iters < 1:
         p.error("--iters and --min-iters must be >= 1")
 
+    if args.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait_policy.upper()  # inherited by the case processes
     info = machine_info()
     print(
         f"{info['cpu_model']} | {info['cpu_count']} cores | torch {info['torch']} ({info['torch_threads']} threads) | "
-        f"bf16 native on CPU: {info['bf16_native_cpu']} | load {info['loadavg']}",
+        f"bf16 native on CPU: {info['bf16_native_cpu']} | load {info['loadavg']} | env {info['env']}",
         file=sys.stderr,
     )
     started = time.perf_counter()

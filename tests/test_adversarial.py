@@ -1,4 +1,5 @@
 """The 'adversarial' baseline (Hung et al., BMVC 2018): discriminator, losses, training, exact resume."""
+import copy
 import json
 import math
 
@@ -6,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import TINY
 from univseg.config import validate_config
 from univseg.engine.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
 from univseg.engine.checkpoint import load_checkpoint
@@ -184,12 +186,21 @@ def test_adversarial_gradient_reaches_the_model_but_not_the_discriminator(tiny_r
     assert not any(p.requires_grad for p in t.method.discriminators.parameters())
 
 
-def test_training_logs_terms_updates_discriminators_and_decays_its_lr(tiny_raw, tmp_path):
-    t = make_trainer(adv_raw(tiny_raw), tmp_path)
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    """One uninterrupted 6-iteration run of the tiny config (shared by the two tests below):
+    (work dir, the trainer, the discriminators' initial weights)."""
+    work_dir = tmp_path_factory.mktemp("adv_full")
+    t = make_trainer(adv_raw(copy.deepcopy(TINY)), work_dir)
     assert t.method.needs_unlabeled
-    before = {k: v.clone() for k, v in t.method.state_dict()["discriminators"]["rural"].items()}
+    before = {d: {k: v.clone() for k, v in m.items()} for d, m in t.method.state_dict()["discriminators"].items()}
     t.run()
-    logs = [r for r in records(tmp_path) if "loss" in r]
+    return work_dir, t, before
+
+
+def test_training_logs_terms_updates_discriminators_and_decays_its_lr(full_run):
+    work_dir, t, before = full_run
+    logs = [r for r in records(work_dir) if "loss" in r]
     assert [r["iter"] for r in logs] == [1, 2, 3, 4, 5, 6]
     for r in logs:
         assert {"ce_city", "ce_rural", "sup", "adv", "d_loss", "loss"} <= set(r)
@@ -198,8 +209,9 @@ def test_training_logs_terms_updates_discriminators_and_decays_its_lr(tiny_raw, 
     assert [r["iter"] for r in logs if "semi" in r] == [4, 5, 6]  # semi_start = 3 iterations
     for r in logs:
         assert r["loss"] == pytest.approx(r["sup"] + r["adv"] + r.get("semi", 0.0), rel=1e-5)
-    after = load_checkpoint(tmp_path / "latest.pt")["method"]["discriminators"]["rural"]
-    assert all(not torch.equal(before[k], after[k]) for k in before)
+    after = load_checkpoint(work_dir / "latest.pt")["method"]["discriminators"]
+    for d in ("city", "rural"):
+        assert all(not torch.equal(before[d][k], after[d][k]) for k in before[d]), d
     assert t.method.d_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 5 / 6) ** 0.9)
 
 
@@ -207,10 +219,10 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(tiny_raw, tmp_path, monkeypatch):
+def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(full_run, tiny_raw, tmp_path, monkeypatch):
+    """Die after iteration 4 (checkpoint at 3), resume: same model, discriminators and D optimizer."""
     raw = adv_raw(tiny_raw)
-    full, part = tmp_path / "full", tmp_path / "part"
-    make_trainer(raw, full).run()
+    full, part = full_run[0], tmp_path / "part"
 
     real_step = Trainer.step
 

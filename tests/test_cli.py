@@ -137,3 +137,32 @@ def test_experiment_writes_table_and_skips_finished_runs(tiny_yaml, tmp_path, ca
     assert capsys.readouterr().out.count("finished earlier") == 3
     assert (out / "runs" / "joint" / "latest.pt").stat().st_mtime == mtime
     assert json.loads((out / "results.json").read_text()) == rows
+
+
+def test_data_check_split_and_download_verbs(tiny_yaml, tmp_path, capsys):
+    assert main(["data", "check", str(tiny_yaml), "--json", str(tmp_path / "report.json"), "--no-progress"]) == 0
+    assert "OK: 2 domain(s), 0 error(s)" in capsys.readouterr().out
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+
+    assert main(["split", str(tiny_yaml), "--out", str(tmp_path / "splits"), "--count", "3", "--seed", "5"]) == 0
+    labeled = (tmp_path / "splits" / "city" / "labeled.txt").read_text().splitlines()
+    unlabeled = (tmp_path / "splits" / "city" / "unlabeled.txt").read_text().splitlines()
+    assert len(labeled) == 3 and len(unlabeled) == 9 and not set(labeled) & set(unlabeled)
+    assert len((tmp_path / "splits" / "rural" / "val.txt").read_text().splitlines()) == 4
+
+    assert main(["data", "download", "--list"]) == 0
+    assert "camvid" in capsys.readouterr().out
+    assert main(["data", "download", "cityscapes", "--root", str(tmp_path)]) == 2
+    assert "gtFine_trainvaltest.zip" in capsys.readouterr().err
+    assert main(["data", "download", "camvid"]) == 2
+    assert "--root is required" in capsys.readouterr().err
+
+
+def test_data_check_fails_on_a_missing_root(tiny_raw, tmp_path, capsys):
+    import yaml
+
+    tiny_raw["domains"][0]["dataset"] = {"type": "camvid", "root": str(tmp_path / "nope")}
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw))
+    assert main(["data", "check", str(cfg), "--no-progress"]) == 1
+    assert "nope" in capsys.readouterr().out

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import packaged_configs, resolve_config_path
+from .config import ConfigError, packaged_configs, resolve_config_path
 
 EXIT_USAGE = 2
 
@@ -90,6 +90,49 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from .data.check import check_data
+    from .utils.files import atomic_write_json
+
+    report = check_data(_load(args), max_files=args.max_files, progress=not args.no_progress)
+    print(report.format())
+    if args.json:
+        atomic_write_json(args.json, report.to_dict())
+        print(f"report written to {args.json}")
+    return 0 if report.ok else 1
+
+
+def cmd_data_download(args: argparse.Namespace) -> int:
+    from .data.download import DOWNLOADS, DownloadError, GatedDatasetError, describe, download_dataset
+
+    if args.list or not args.name:
+        print("\n\n".join(describe(n) for n in DOWNLOADS.names()))
+        return 0 if args.list else EXIT_USAGE
+    if args.root is None:
+        raise ConfigError("--root is required: the folder that will hold the dataset")
+    try:
+        path = download_dataset(args.name, Path(args.root), force=args.force, progress=not args.no_progress)
+    except GatedDatasetError as e:
+        print(str(e), file=sys.stderr)
+        return EXIT_USAGE
+    except DownloadError as e:
+        print(f"univseg data download: error: {e}", file=sys.stderr)
+        return 1
+    print(f"{args.name} is ready in {path} (use it as the dataset's root)")
+    return 0
+
+
+def cmd_split(args: argparse.Namespace) -> int:
+    from .data.split_tool import write_split_files
+
+    written = write_split_files(
+        _load(args), Path(args.out), domains=args.domains, count=args.count, fraction=args.fraction, seed=args.seed
+    )
+    for path in written:
+        print(f"{path}: {sum(1 for _ in open(path))} lines")
+    return 0
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -155,6 +198,39 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
     sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+
+    sp = verb("split", cmd_split, "write labeled / unlabeled / val list files of each domain",
+              "Write <out>/<domain>/labeled.txt, unlabeled.txt and val.txt ('image [label]' per line) as the config "
+              "selects them, or with --count / --fraction / --seed instead of the config's labeled rule. Point "
+              "labeled.split_file / unlabeled.split_file at them to train on exactly these images.")
+    config_args(sp)
+    sp.add_argument("--out", required=True, help="output folder")
+    sp.add_argument("--domains", nargs="+", help="only these domains (default: all)")
+    rule = sp.add_mutually_exclusive_group()
+    rule.add_argument("--count", type=int, help="number of labeled images per domain")
+    rule.add_argument("--fraction", type=float, help="fraction of each train split that is labeled")
+    sp.add_argument("--seed", type=int, help="selection seed (default: the config's)")
+
+    data = sub.add_parser("data", help="check or download datasets", description="Dataset tools.")
+    data_sub = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
+    sp = data_sub.add_parser("check", help="scan every domain of a config for problems",
+                             description="Scan every file of every domain: counts, image sizes, label values per class, "
+                             "unreadable/truncated files, size mismatches, values outside the label space. Exits 1 when "
+                             "the data is unusable.")
+    sp.set_defaults(func=cmd_data_check, verb="data check")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    config_args(sp)
+    sp.add_argument("--max-files", type=int, help="read only the first N files of each split (quick look)")
+    sp.add_argument("--json", help="also write the report as JSON to this file")
+    sp = data_sub.add_parser("download", help="download and unpack a public dataset into its native layout",
+                             description="Download (resumable), verify and extract a dataset into ROOT/<name>. For "
+                             "registration-gated datasets, prints where to register and where to put the archives.")
+    sp.set_defaults(func=cmd_data_download, verb="data download")
+    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp.add_argument("name", nargs="?", help="dataset name (see --list)")
+    sp.add_argument("--root", help="folder that will hold the dataset")
+    sp.add_argument("--force", action="store_true", help="download and extract again")
+    sp.add_argument("--list", action="store_true", help="list the datasets and what each download does")
 
     sp = verb("predict", cmd_predict, "segment images with a checkpoint",
               "Write a class-id PNG and a colour overlay per image and label space. Needs only the checkpoint.")

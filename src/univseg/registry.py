@@ -57,6 +57,11 @@ class Registry(Generic[T]):
                 f"unknown {self.kind} '{name}'.{suggest(name, names)} Available: {', '.join(names)}"
             ) from None
 
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (e.g. a temporary test entry); unknown names raise like ``get``."""
+        self.get(name)
+        del self._items[name]
+
     def names(self) -> list[str]:
         """Registered names, sorted."""
         return sorted(self._items)

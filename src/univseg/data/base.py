@@ -110,7 +110,7 @@ def read_image(path: Path) -> np.ndarray:
     try:
         with Image.open(path) as im:
             im.load()
-            return np.asarray(im.convert("RGB"))
+            return np.array(im.convert("RGB"))  # writable copy
     except FileNotFoundError:
         raise DataError(f"image file not found: {path}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:

@@ -426,11 +426,14 @@ def _scan(rep: DomainReport, sr: SplitReport, ds: SegDataset, *, read_labels: bo
                     severity=sev, split=sr.name, file=lab_file)
             continue
         counts = _histogram(label, ignore)
+        usable = image is not None  # a pair with an unreadable image is checked but not counted
         odd = [v for v in np.flatnonzero(counts) if v >= k and v != ignore]
         if odd:
             rep.add("label_values", f"{lab_file}: decoded label holds values {[int(v) for v in odd]} that are neither a "
                     f"class (0..{k - 1}) nor ignore ({ignore}); the dataset adapter is wrong",
                     severity=sev, split=sr.name, file=lab_file, values={int(v): int(counts[v]) for v in odd})
+            continue
+        if not usable:
             continue
         sr.stats.add(counts, ignore)  # type: ignore[union-attr]
         if subset is not None and i in subset and rep.labeled_stats is not None:

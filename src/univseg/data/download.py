@@ -237,7 +237,8 @@ def temporary_download(entry: DownloadEntry) -> Iterator[DownloadEntry]:
     try:
         yield entry
     finally:
-        DOWNLOADS._items.pop(entry.name, None)  # Registry has no public unregister
+        if entry.name in DOWNLOADS:
+            DOWNLOADS.unregister(entry.name)
 
 
 def get_entry(name: Union[str, DownloadEntry]) -> DownloadEntry:

@@ -101,7 +101,6 @@ class AdversarialSemiSupervised(Method):
         self.d_optimizer = torch.optim.Adam(
             self._d_params(), lr=self.acfg.lr, betas=tuple(self.acfg.betas)
         )
-        self.total_iters: int | None = None
         self.iteration = 0
         self._stash: dict[str, dict[str, torch.Tensor]] = {}
 

@@ -29,6 +29,7 @@ class Method:
     """
 
     needs_unlabeled: bool = False
+    total_iters: int | None = None  # the run's train.iters, set by the trainer (for schedules of auxiliary nets)
 
     def __init__(self, cfg, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
         self.cfg = cfg

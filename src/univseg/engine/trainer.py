@@ -66,6 +66,7 @@ class Trainer:
         if cfg.model.init_from is not None:
             init_from_checkpoint(self.model, cfg.model.init_from, self.heads)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
+        self.method.total_iters = cfg.train.iters
         self.optimizer = build_optimizer(cfg.train.optimizer, self.model.parameters())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.start_iter = 0
