@@ -33,9 +33,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / cfg.name
     try:
         results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress).run()
+        main_process = dist.is_main()
     finally:
         dist.cleanup_distributed()
-    if dist.is_main():
+    if main_process:
         print(f"checkpoints, metrics.jsonl and eval_results.json in {work_dir} (mean mIoU {_pct(results['mean_mIoU'])})")
     return 0
 
