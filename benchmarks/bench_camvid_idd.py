@@ -1,0 +1,74 @@
+"""The paper's comparison on the real CamVid + IDD-Lite pair, sized for about an hour on 2 CPU cores.
+
+    python benchmarks/bench_camvid_idd.py [--iters 500] [--out benchmarks/out/camvid_idd] [--data DIR]
+
+Runs `univseg experiment camvid_idd` with every method (single-camvid, single-idd,
+finetune-camvid-to-idd, joint, univ-cross, univ-full, adversarial) on the same data, splits, seed and
+iteration budget, at reduced resolution (CamVid 180x240, IDD-Lite 170x240), and prints the table
+(also written as results.md/.csv/.json/.png in --out). Re-running resumes; finished methods are
+reused.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from univseg.config import resolve_config_path
+from univseg.engine.experiment import run_experiment
+
+METHODS = ["single-camvid", "single-idd", "finetune-camvid-to-idd", "joint", "univ-cross", "univ-full", "adversarial"]
+
+
+def overrides(data: Path, iters: int) -> list[str]:
+    """The CPU-sized setting: reduced resolution, a half-width ERFNet, feature-resolution entropy."""
+    return [
+        f"domains.camvid.dataset.root={data / 'camvid'}",
+        f"domains.idd.dataset.root={data / 'idd_lite'}",
+        "domains.camvid.train_transforms=[{type: resize, scale: 0.5}, {type: hflip}, "
+        "{type: color_jitter, brightness: 0.2, contrast: 0.2, saturation: 0.2, p: 0.5}]",
+        "domains.camvid.val_transforms=[{type: resize, scale: 0.5}]",
+        "domains.idd.train_transforms=[{type: resize, size: [170, 240]}, {type: hflip}, "
+        "{type: color_jitter, brightness: 0.2, contrast: 0.2, saturation: 0.2, p: 0.5}]",
+        "domains.idd.val_transforms=[{type: resize, size: [170, 240]}]",
+        "model.backbone_args={width: 0.5}",
+        f"method.warmup_iters={int(0.3 * iters)}",
+        "method.entropy_resolution=feature",
+        f"method.adversarial.semi_start={int(0.3 * iters)}",
+        f"train.iters={iters}",
+        "train.optimizer.lr=0.002",
+        "train.schedule.warmup_iters=20",
+        "train.eval_interval=0",
+        f"train.checkpoint_interval={max(1, iters // 4)}",
+        "train.num_workers=1",
+        "train.amp=auto",
+    ]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--iters", type=int, default=500, help="iterations per method")
+    p.add_argument("--out", default="benchmarks/out/camvid_idd", help="output folder")
+    p.add_argument("--data", default=os.environ.get("UNIVSEG_DATA_ROOT", "../shared/data"), help="folder with camvid/ and idd_lite/")
+    p.add_argument("--methods", nargs="+", default=METHODS, help="method keys")
+    args = p.parse_args()
+    tic = time.perf_counter()
+    rows = run_experiment(
+        resolve_config_path("camvid_idd"), Path(args.out), methods=args.methods, overrides=overrides(Path(args.data), args.iters), progress=False
+    )
+    minutes = (time.perf_counter() - tic) / 60
+    info = {
+        "minutes": round(minutes, 1), "iters": args.iters, "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
+    }
+    (Path(args.out) / "benchmark.json").write_text(json.dumps(info, indent=2) + "\n")
+    print(f"total {minutes:.1f} min; {Path(args.out) / 'benchmark.json'}")
+
+
+if __name__ == "__main__":
+    main()
