@@ -308,3 +308,27 @@ def test_real_camvid_and_idd_lite(tmp_path):
         idd = report.domain("idd")
         assert idd.split("test").images == 404 and idd.split("test").labels_checked is False
         assert idd.unlabeled_pool == 404 and idd.labeled_subset == 1403
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_training_stops_on_a_corrupt_labeled_image_naming_it(tmp_path, capsys, workers):
+    """`univseg train` on a folder dataset whose labeled image is truncated: exit 2, the file is named."""
+    import yaml
+
+    from univseg.cli import main
+
+    _clean_folder(tmp_path)
+    bad = _truncated_jpeg(tmp_path / "images" / "train" / "s1.jpg", 1)
+    (tmp_path / "images" / "train" / "s1.png").unlink()
+    raw = _folder_cfg(tmp_path, batch_size=4, train_transforms=[{"type": "random_crop", "size": [8, 8]}])
+    raw.update({
+        "model": {"backbone": "erfnet", "backbone_args": {"width": 0.25}, "embed_dim": 4},
+        "method": {"name": "joint"},
+        "train": {"iters": 2, "num_workers": workers, "amp": "none"},
+    })
+    cfg = tmp_path / "cfg.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    assert main(["train", str(cfg), "--work-dir", str(tmp_path / "work"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "corrupt or truncated" in err
+    assert not (tmp_path / "work" / "latest.pt").exists()

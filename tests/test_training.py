@@ -108,6 +108,7 @@ def test_methods_produce_finite_moving_losses(tiny_raw, tmp_path, method, simila
     train(tiny_raw, tmp_path)
     logs = [r for r in records(tmp_path) if "loss" in r]
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in logs)
+    assert len({r["loss"] for r in logs}) == len(logs)  # the loss moves every iteration
     aligned = [r for r in logs if "ent_cross" in r]
     if method == "joint":
         assert not aligned
