@@ -19,12 +19,17 @@ def test_python_m_univseg_is_the_same_program():
 
 
 def test_every_verb_has_help(capsys):
-    verbs = build_parser()._subparsers._group_actions[0].choices
+    verbs = [[v] for v in build_parser()._subparsers._group_actions[0].choices if v != "data"]
+    verbs += [["data", "check"], ["data", "download"]]
+    assert len(verbs) == 8
     for verb in verbs:
         with pytest.raises(SystemExit) as e:
-            main([verb, "--help"])
+            main([*verb, "--help"])
         assert e.value.code == 0
-        assert "--no-progress" in capsys.readouterr().out
+        assert "--no-progress" in capsys.readouterr().out, verb
+    with pytest.raises(SystemExit):
+        main(["data", "--help"])
+    assert "check" in capsys.readouterr().out
 
 
 def test_no_verb_prints_usage_and_fails(capsys):
