@@ -16,8 +16,8 @@ case alone) builds a Trainer in a temporary work dir and
    the data and step share of an iteration and the process CPU seconds per iteration (all
    threads; less sensitive to other load on the machine than wall time);
 3. (first method of each config/amp only) renders the first ``--eval-images`` val images of
-   every domain, then times ``Trainer.evaluate`` (whole-image inference + confusion matrices)
-   on them: evaluation images/s;
+   every domain, runs one untimed inference batch, then times ``Trainer.evaluate``
+   (whole-image inference + confusion matrices) on them: evaluation images/s;
 4. reads the peak resident set size of the process (``ru_maxrss``) after training and at the
    end, and on CUDA ``torch.cuda.max_memory_allocated`` for the timed training / evaluation.
 
@@ -121,6 +121,8 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     import torch
 
     from univseg.config import load_config, resolve_config_path
+    from univseg.data.domain import eval_loader, iter_images
+    from univseg.engine.evaluator import predict_labels
     from univseg.engine.trainer import Trainer
 
     if spec.get("threads"):
@@ -232,6 +234,16 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
                     d.val[i]
                 n_eval += k
             out["eval_render_s"] = round(time.perf_counter() - t0, 3)
+            # one untimed inference batch: one-off costs (e.g. oneDNN primitives for new shapes)
+            head = trainer.trained[0]
+            batch = next(iter(eval_loader(trainer.domains[head].val, cfg.eval.batch_size, indices=range(min(cfg.eval.batch_size, n_eval)))))
+            t0 = time.perf_counter()
+            trainer.model.eval()
+            for img, _ in iter_images(batch):
+                predict_labels(trainer.model, img, head, trainer.amp)
+            trainer.model.train()
+            sync()
+            out["eval_warmup_s"] = round(time.perf_counter() - t0, 3)
             if cuda:
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
