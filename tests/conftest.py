@@ -60,3 +60,21 @@ def tiny_yaml(tmp_path: Path, tiny_raw: dict) -> Path:
     path = tmp_path / "tiny.yaml"
     path.write_text(yaml.safe_dump(tiny_raw, sort_keys=False))
     return path
+
+
+class Killed(Exception):
+    """Stands for the process being killed in the middle of training."""
+
+
+def run_killed_at(trainer, iteration: int) -> None:
+    """Run ``trainer`` but die when it reaches ``iteration`` (checkpoints written before that stay)."""
+    real_step = type(trainer).step
+
+    def dying_step(iteration_now, batches):
+        if iteration_now == iteration:
+            raise Killed
+        return real_step(trainer, iteration_now, batches)
+
+    trainer.step = dying_step
+    with pytest.raises(Killed):
+        trainer.run()

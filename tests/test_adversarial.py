@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import TINY
+from conftest import TINY, run_killed_at
 from univseg.config import validate_config
 from univseg.engine.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
 from univseg.engine.checkpoint import load_checkpoint
@@ -215,26 +215,12 @@ def test_training_logs_terms_updates_discriminators_and_decays_its_lr(full_run):
     assert t.method.d_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 5 / 6) ** 0.9)
 
 
-class Killed(Exception):
-    pass
-
-
-def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(full_run, tiny_raw, tmp_path, monkeypatch):
+def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(full_run, tiny_raw, tmp_path):
     """Die after iteration 4 (checkpoint at 3), resume: same model, discriminators and D optimizer."""
     raw = adv_raw(tiny_raw)
     full, part = full_run[0], tmp_path / "part"
 
-    real_step = Trainer.step
-
-    def dying_step(self, iteration, batches):
-        if iteration == 4:
-            raise Killed
-        return real_step(self, iteration, batches)
-
-    monkeypatch.setattr(Trainer, "step", dying_step)
-    with pytest.raises(Killed):
-        make_trainer(raw, part).run()
-    monkeypatch.setattr(Trainer, "step", real_step)
+    run_killed_at(make_trainer(raw, part), 4)
     assert load_checkpoint(part / "latest.pt")["iteration"] == 3
     make_trainer(raw, part, resume=True).run()
 

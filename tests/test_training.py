@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from conftest import run_killed_at
 
 from univseg.config import validate_config
 from univseg.engine.checkpoint import CheckpointError, load_checkpoint
@@ -48,27 +49,13 @@ def test_short_run_lowers_the_loss_and_writes_everything(tiny_raw, tmp_path):
     assert best["best"]["mean_mIoU"] == max(r["mean_mIoU"] for r in evals)
 
 
-class Killed(Exception):
-    pass
-
-
-def test_resume_after_kill_equals_uninterrupted_run(tiny_raw, tmp_path, monkeypatch):
+def test_resume_after_kill_equals_uninterrupted_run(tiny_raw, tmp_path):
     """Train 6 iterations; separately, die after iteration 4 (checkpoint at 3), resume: same weights."""
     full = tmp_path / "full"
     train(tiny_raw, full)
 
     part = tmp_path / "part"
-    real_step = Trainer.step
-
-    def dying_step(self, iteration, batches):
-        if iteration == 4:
-            raise Killed
-        return real_step(self, iteration, batches)
-
-    monkeypatch.setattr(Trainer, "step", dying_step)
-    with pytest.raises(Killed):
-        train(tiny_raw, part)
-    monkeypatch.setattr(Trainer, "step", real_step)
+    run_killed_at(Trainer(validate_config(tiny_raw), part, progress=False), 4)
     assert load_checkpoint(part / "latest.pt")["iteration"] == 3
     train(tiny_raw, part, resume=True)
 
