@@ -1,6 +1,7 @@
 """The paper's comparison on the real CamVid + IDD-Lite pair, sized for about an hour on 2 CPU cores.
 
     python benchmarks/bench_camvid_idd.py [--iters 500] [--out benchmarks/out/camvid_idd] [--data DIR]
+                                          [--methods KEY ...] [--set KEY=VALUE ...]
 
 Runs `univseg experiment camvid_idd` with every method (single-camvid, single-idd,
 finetune-camvid-to-idd, joint, univ-cross, univ-full, adversarial) on the same data, splits, seed and
@@ -56,10 +57,11 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/camvid_idd", help="output folder")
     p.add_argument("--data", default=os.environ.get("UNIVSEG_DATA_ROOT", "../shared/data"), help="folder with camvid/ and idd_lite/")
     p.add_argument("--methods", nargs="+", default=METHODS, help="method keys")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (variants)")
     args = p.parse_args()
     tic = time.perf_counter()
     rows = run_experiment(
-        resolve_config_path("camvid_idd"), Path(args.out), methods=args.methods, overrides=overrides(Path(args.data), args.iters), progress=False
+        resolve_config_path("camvid_idd"), Path(args.out), methods=args.methods, overrides=overrides(Path(args.data), args.iters) + args.set, progress=False
     )
     minutes = (time.perf_counter() - tic) / 60
     info = {
