@@ -307,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--iters", type=int, default=20, help="timed training iterations per case (at most; see --time-budget)")
     p.add_argument("--warmup", type=int, default=2, help="warm-up steps before timing (>= 1; stops after the first once half the budget is spent)")
     p.add_argument("--min-iters", type=int, default=2, help="timed iterations always run, whatever the budget")
-    p.add_argument("--time-budget", type=float, default=40.0, help="seconds of timed training per case after which timing stops (>= --min-iters done)")
+    p.add_argument("--time-budget", type=float, default=30.0, help="seconds of timed training per case after which timing stops (>= --min-iters done)")
     p.add_argument("--amp", nargs="+", default=[None], choices=["none", "bf16", "auto", "fp16"], help="train.amp value(s) (default: the config's)")
     p.add_argument("--eval-images", type=int, default=8, help="val images per domain for the evaluation timing")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each case (default: torch's)")
