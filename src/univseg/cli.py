@@ -151,8 +151,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"univseg {__version__}")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
-    def verb(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str) -> argparse.ArgumentParser:
-        sp = sub.add_parser(name, help=help, description=description)
+    def verb(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str, parent=sub) -> argparse.ArgumentParser:
+        sp = parent.add_parser(name, help=help, description=description)
+        if parent is not sub:
+            sp.set_defaults(verb=f"{sp.prog.split()[-2]} {name}")
         sp.set_defaults(func=func)
         sp.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
         return sp
@@ -214,20 +216,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     data = sub.add_parser("data", help="check or download datasets", description="Dataset tools.")
     data_sub = data.add_subparsers(dest="data_verb", metavar="ACTION", required=True)
-    sp = data_sub.add_parser("check", help="scan every domain of a config for problems",
-                             description="Scan every file of every domain: counts, image sizes, label values per class, "
-                             "unreadable/truncated files, size mismatches, values outside the label space. Exits 1 when "
-                             "the data is unusable.")
-    sp.set_defaults(func=cmd_data_check, verb="data check")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp = verb("check", cmd_data_check, "scan every domain of a config for problems",
+              "Scan every file of every domain: counts, image sizes, label values per class, unreadable/truncated "
+              "files, size mismatches, values outside the label space. Exits 1 when the data is unusable.", data_sub)
     config_args(sp)
     sp.add_argument("--max-files", type=int, help="read only the first N files of each split (quick look)")
     sp.add_argument("--json", help="also write the report as JSON to this file")
-    sp = data_sub.add_parser("download", help="download and unpack a public dataset into its native layout",
-                             description="Download (resumable), verify and extract a dataset into ROOT/<name>. For "
-                             "registration-gated datasets, prints where to register and where to put the archives.")
-    sp.set_defaults(func=cmd_data_download, verb="data download")
-    sp.add_argument("--no-progress", action="store_true", help="no progress bars")
+    sp = verb("download", cmd_data_download, "download and unpack a public dataset into its native layout",
+              "Download (resumable), verify and extract a dataset into ROOT/<name>. For registration-gated datasets, "
+              "prints where to register and where to put the archives.", data_sub)
     sp.add_argument("name", nargs="?", help="dataset name (see --list)")
     sp.add_argument("--root", help="folder that will hold the dataset")
     sp.add_argument("--force", action="store_true", help="download and extract again")
