@@ -128,3 +128,15 @@ def test_builtin_configs_all_validate():
     assert "demo" in names
     for name in names:
         load_config(resolve_config_path(name))
+
+
+def test_readme_yaml_examples_validate():
+    """The configuration and dataset examples in the README stay valid."""
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in readme.split("```yaml\n")[1:]]
+    assert len(blocks) == 2
+    validate_config(yaml.safe_load(blocks[0]))
+    dataset = yaml.safe_load(blocks[1])["dataset"]
+    validate_config({"domains": [{"name": "mine", "dataset": dataset}]})
