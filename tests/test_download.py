@@ -490,21 +490,21 @@ class _RangeHandler(BaseHTTPRequestHandler):
         if rng and self.honour_range:
             start = int(rng.split("=")[1].split("-")[0])
             if start >= len(self.payload):
+                self.served.append(0)  # recorded before answering: the client may finish first
                 self.send_response(416)
                 self.send_header("Content-Range", f"bytes */{len(self.payload)}")
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-                self.served.append(0)
                 return
             self.send_response(206)
             self.send_header("Content-Range", f"bytes {start}-{len(self.payload) - 1}/{len(self.payload)}")
         else:
             self.send_response(200)
         body = self.payload[start:]
+        self.served.append(len(body))  # recorded before answering: the client may finish first
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.served.append(len(body))
 
 
 @pytest.fixture()
