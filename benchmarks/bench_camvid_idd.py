@@ -1,7 +1,7 @@
 """The paper's comparison on the real CamVid + IDD-Lite pair, sized for about an hour on 2 CPU cores.
 
     python benchmarks/bench_camvid_idd.py [--iters 500] [--out benchmarks/out/camvid_idd] [--data DIR]
-                                          [--methods KEY ...] [--set KEY=VALUE ...]
+                                          [--methods KEY ...] [--seeds S ...] [--set KEY=VALUE ...]
 
 Runs `univseg experiment camvid_idd` with every method (single-camvid, single-idd,
 finetune-camvid-to-idd, joint, univ-cross, univ-full, adversarial) on the same data, splits, seed and
@@ -57,15 +57,16 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/out/camvid_idd", help="output folder")
     p.add_argument("--data", default=os.environ.get("UNIVSEG_DATA_ROOT", "../shared/data"), help="folder with camvid/ and idd_lite/")
     p.add_argument("--methods", nargs="+", default=METHODS, help="method keys")
+    p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the config's seed, 0); several give mean ± std")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (variants)")
     args = p.parse_args()
     tic = time.perf_counter()
     rows = run_experiment(
-        resolve_config_path("camvid_idd"), Path(args.out), methods=args.methods, overrides=overrides(Path(args.data), args.iters) + args.set, progress=False
+        resolve_config_path("camvid_idd"), Path(args.out), methods=args.methods, seeds=args.seeds, overrides=overrides(Path(args.data), args.iters) + args.set, progress=False
     )
     minutes = (time.perf_counter() - tic) / 60
     info = {
-        "minutes": round(minutes, 1), "iters": args.iters, "cpu": platform.processor() or platform.machine(),
+        "minutes": round(minutes, 1), "iters": args.iters, "seeds": args.seeds, "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
     }
     (Path(args.out) / "benchmark.json").write_text(json.dumps(info, indent=2) + "\n")

@@ -61,7 +61,9 @@ class FixedModel(nn.Module):
 
     def forward(self, inputs, embed=False):
         assert not embed and set(inputs) == {"a"}
-        return {"a": {"a": self.logits[: inputs["a"].shape[0]]}}
+        x = inputs["a"]
+        n = sum(t.shape[0] for t in x) if isinstance(x, list) else x.shape[0]  # [labeled, unlabeled] or one batch
+        return {"a": {"a": self.logits[:n]}}
 
 
 def two_class_method(**adversarial):

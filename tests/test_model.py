@@ -39,6 +39,28 @@ def test_multi_domain_call_routes_each_domain_to_its_head(model):
     torch.testing.assert_close(out["b"]["b"], model(xb, heads=["b"])["b"], rtol=1e-4, atol=1e-4)
 
 
+def test_list_of_batches_gets_one_encoder_pass_each_with_its_own_batch_statistics(model):
+    """Train mode: [labeled, unlabeled] of every domain = the k-th batches of all domains batched
+    together per pass, outputs concatenated in list order; different from one concatenated pass."""
+    model.train()
+    for m in model.modules():  # dropout off: only BatchNorm differs between train and eval mode
+        if isinstance(m, torch.nn.modules.dropout._DropoutNd):
+            m.eval()
+    torch.manual_seed(1)
+    la, ua = torch.rand(2, 3, 32, 48) * 255, torch.rand(3, 3, 32, 48) * 255 + 40
+    lb, ub = torch.rand(1, 3, 24, 32) * 255, torch.rand(2, 3, 24, 32) * 255
+    passes = []
+    model.encoder.register_forward_hook(lambda m, i, o: passes.append(i[0].shape[0]))
+    out = model({"a": [la, ua], "b": [lb, ub]}, embed=True)
+    assert sorted(passes) == [1, 2, 2, 3]  # four passes: (labeled|unlabeled) x (two image sizes)
+    assert out["a"]["a"].shape[0] == 5 and out["a"]["embedding"].shape[0] == 5 and out["b"]["b"].shape[0] == 3
+    ref_labeled, ref_unlabeled = model({"a": la}, embed=True)["a"], model({"a": ua}, embed=True)["a"]
+    for key in ("a", "embedding"):
+        torch.testing.assert_close(out["a"][key], torch.cat([ref_labeled[key], ref_unlabeled[key]]))
+    together = model({"a": torch.cat([la, ua])}, embed=False)["a"]["a"]
+    assert (together[:2] - out["a"]["a"][:2]).abs().max() > 1e-3  # shared statistics change the labeled logits
+
+
 def test_normalisation_is_inside_the_model(model):
     x = torch.full((1, 3, 16, 16), 100.0)
     feats = model.features(x)

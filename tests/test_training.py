@@ -125,3 +125,29 @@ def test_single_with_two_domains_is_a_config_error(tiny_raw, tmp_path):
     tiny_raw["method"]["name"] = "single"
     with pytest.raises(ConfigError, match="method.domains"):
         Trainer(validate_config(tiny_raw), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("mode", ["together", "separate"])
+def test_unlabeled_images_share_or_get_their_own_encoder_pass(mode):
+    from univseg.data.label_space import ClassInfo, LabelSpace
+    from univseg.engine.methods import build_method
+
+    cfg = validate_config({"domains": [{"name": "a", "dataset": {"type": "synthetic"}}], "method": {"unlabeled_forward": mode}})
+    ls = LabelSpace("two", (ClassInfo("x", (0, 0, 0)), ClassInfo("y", (1, 1, 1))), ignore_index=255)
+    method = build_method(cfg.method, {"a": ls}, embed_dim=4)
+    labeled, unlabeled = torch.rand(2, 3, 4, 4), torch.rand(3, 3, 4, 4)
+    calls = []
+
+    def model(inputs, embed):
+        calls.append((inputs["a"], embed))
+        return {"a": {}}
+
+    _, n = method.forward(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, True, True)
+    assert n == {"a": 2} and len(calls) == 1 and calls[0][1] is True
+    sent = calls[0][0]
+    if mode == "separate":
+        assert isinstance(sent, list) and sent[0] is labeled and sent[1] is unlabeled
+    else:
+        assert torch.equal(sent, torch.cat([labeled, unlabeled]))
+    method.forward(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, False, False)
+    assert calls[1][0] is labeled  # before warm-up ends the unlabeled images are not forwarded at all

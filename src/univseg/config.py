@@ -118,6 +118,11 @@ class MethodConfig(_Strict):
     entropy_resolution: Literal["input", "feature"] = Field(
         "input", description="entropy over unlabeled pixels at image resolution (paper) or encoder resolution (faster)"
     )
+    unlabeled_forward: Literal["together", "separate"] = Field(
+        "together",
+        description="unlabeled images concatenated with the labeled ones in one encoder pass (together: shared "
+        "BatchNorm batch statistics, as UniMatch/FixMatch do) or in their own pass (separate)",
+    )
     centroids: CentroidConfig = Field(default_factory=CentroidConfig, description="centroid bank settings")
     adversarial: AdversarialConfig = Field(
         default_factory=AdversarialConfig, description="settings of the 'adversarial' method (Hung et al. 2018)"

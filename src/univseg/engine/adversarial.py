@@ -130,14 +130,7 @@ class AdversarialSemiSupervised(Method):
         a = self.acfg
         semi_on = self.iteration >= a.semi_start
         self.discriminators.requires_grad_(False)
-        inputs, n_labeled = {}, {}
-        for d, b in batches.items():
-            n_labeled[d] = b["image"].shape[0]
-            x = [b["image"]]
-            if "unlabeled" in b and b["unlabeled"].shape[0] > 0:
-                x.append(b["unlabeled"])
-            inputs[d] = torch.cat(x) if len(x) > 1 else x[0]
-        outputs = model(inputs, embed=False)
+        outputs, n_labeled = self.forward(model, batches, unlabeled=True, embed=False)
 
         terms: dict[str, torch.Tensor] = {}
         sup = adv = semi = 0.0

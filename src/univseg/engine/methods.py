@@ -39,6 +39,25 @@ class Method:
     def prepare(self, iteration: int, centroid_source: CentroidSource) -> None:
         """Hook before the step of ``iteration``."""
 
+    def forward(
+        self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]], unlabeled: bool, embed: bool
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
+        """One model call over every domain's labeled images and, if ``unlabeled``, its unlabeled ones.
+
+        Returns the model's outputs (per domain: the labeled images' rows first, then the unlabeled
+        ones) and the number of labeled images per domain. ``method.unlabeled_forward`` decides
+        whether the unlabeled images share the labeled images' encoder pass (``together``: one set
+        of BatchNorm batch statistics over both) or get their own (``separate``).
+        """
+        inputs, n_labeled = {}, {}
+        for d, b in batches.items():
+            n_labeled[d] = b["image"].shape[0]
+            inputs[d] = b["image"]
+            if unlabeled and "unlabeled" in b and b["unlabeled"].shape[0] > 0:
+                parts = [b["image"], b["unlabeled"]]
+                inputs[d] = parts if self.cfg.unlabeled_forward == "separate" else torch.cat(parts)
+        return model(inputs, embed=embed), n_labeled
+
     def losses(self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
@@ -88,14 +107,7 @@ class UniversalSemiSupervised(Method):
 
     def losses(self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
         align = self.needs_unlabeled and self.bank.ready
-        inputs, n_labeled = {}, {}
-        for d, b in batches.items():
-            n_labeled[d] = b["image"].shape[0]
-            x = [b["image"]]
-            if align and "unlabeled" in b:
-                x.append(b["unlabeled"])
-            inputs[d] = torch.cat(x) if len(x) > 1 else x[0]
-        outputs = model(inputs, embed=align)
+        outputs, n_labeled = self.forward(model, batches, unlabeled=align, embed=align)
 
         terms: dict[str, torch.Tensor] = {}
         sup = 0.0

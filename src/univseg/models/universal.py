@@ -1,7 +1,7 @@
 """The universal model: shared encoder, one segmentation head per domain, shared embedding head."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -74,30 +74,45 @@ class UniversalModel(nn.Module):
         return out
 
     def forward(
-        self, x: torch.Tensor | Mapping[str, torch.Tensor], heads: Iterable[str] | None = None, embed: bool = False
+        self,
+        x: torch.Tensor | Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
+        heads: Iterable[str] | None = None,
+        embed: bool = False,
     ) -> dict:
         """Logits per requested head (default: all) at input size and, if ``embed``, the embedding.
 
         With a mapping ``{domain: images}`` (a training step over several domains) each domain's
         images go through its own head, domains of equal image size share one encoder pass, and
-        the result is ``{domain: {domain: logits[, "embedding": ...]}}``. One call per step keeps
-        DistributedDataParallel's gradient hooks correct for the shared encoder.
+        the result is ``{domain: {domain: logits[, "embedding": ...]}}``. A domain's value may also
+        be a list of image batches: the k-th batches of all domains share the k-th encoder passes
+        (so each batch of the list gets its own BatchNorm batch statistics) and the domain's outputs
+        are concatenated in list order. One call per step keeps DistributedDataParallel's gradient
+        hooks correct for the shared encoder.
         """
         if isinstance(x, Mapping):
             return self._forward_domains(x, embed)
         heads = self.head_names if heads is None else list(heads)
         return self.decode(self.features(x), tuple(x.shape[-2:]), heads, embed)
 
-    def _forward_domains(self, inputs: Mapping[str, torch.Tensor], embed: bool) -> dict[str, dict[str, torch.Tensor]]:
+    def _forward_domains(
+        self, inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], embed: bool
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        batches = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in inputs.items()}
         groups: dict[tuple, list[str]] = {}
-        for name, images in inputs.items():
-            groups.setdefault(tuple(images.shape[1:]), []).append(name)
+        for name, parts in batches.items():
+            for k, images in enumerate(parts):
+                groups.setdefault((k, tuple(images.shape[1:])), []).append(name)
+        pieces: dict[str, dict[int, dict[str, torch.Tensor]]] = {name: {} for name in batches}
+        for (k, _), names in groups.items():
+            images = [batches[n][k] for n in names]
+            feats = self.features(torch.cat(images))
+            size = tuple(images[0].shape[-2:])
+            for n, f in zip(names, feats.split([im.shape[0] for im in images])):
+                pieces[n][k] = self.decode(f, size, [n], embed)
         out = {}
-        for names in groups.values():
-            feats = self.features(torch.cat([inputs[n] for n in names]))
-            size = tuple(inputs[names[0]].shape[-2:])
-            for n, f in zip(names, feats.split([inputs[n].shape[0] for n in names])):
-                out[n] = self.decode(f, size, [n], embed)
+        for name, by_pass in pieces.items():
+            ordered = [by_pass[k] for k in sorted(by_pass)]
+            out[name] = ordered[0] if len(ordered) == 1 else {key: torch.cat([p[key] for p in ordered]) for key in ordered[0]}
         return out
 
 
