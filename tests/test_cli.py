@@ -142,6 +142,13 @@ def test_experiment_writes_table_and_skips_finished_runs(tiny_yaml, tmp_path, ca
     assert capsys.readouterr().out.count("finished earlier") == 3
     assert (out / "runs" / "joint" / "latest.pt").stat().st_mtime == mtime
     assert json.loads((out / "results.json").read_text()) == rows
+    # a setting that changes what is learned is refused before anything trains; a neutral one is not
+    assert main(args + ["--set", "method.lambda_cross=0.25", "--set", "train.num_workers=1"]) == 2
+    err = capsys.readouterr().err
+    assert "method.lambda_cross: 0.5 -> 0.25" in err and "num_workers" not in err and "another --out" in err
+    assert (out / "runs" / "joint" / "latest.pt").stat().st_mtime == mtime
+    assert main(args + ["--set", "train.num_workers=1"]) == 0
+    assert capsys.readouterr().out.count("finished earlier") == 3
 
 
 def test_data_check_split_and_download_verbs(tiny_yaml, tmp_path, capsys):

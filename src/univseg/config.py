@@ -433,3 +433,31 @@ def _model_type(annotation: Any) -> Any:
 def save_config(cfg: Config, path: str | Path) -> None:
     """Write the resolved config as YAML."""
     Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+# Keys that change neither what a run learns nor its evaluation (where the data lives, how fast
+# it is loaded, how often progress is logged or saved, the run's display name).
+RESULT_NEUTRAL_KEYS = re.compile(
+    r"^(name|experiment(\..*)?|train\.(num_workers|log_interval|checkpoint_interval|device)|eval\.batch_size"
+    r"|domains\[\d+\]\.dataset\.root)$"
+)
+
+
+def config_changes(old: Config, new: Config) -> list[str]:
+    """``'key: old -> new'`` for every setting that differs and could change a run's results."""
+    changes: list[str] = []
+
+    def walk(a: Any, b: Any, key: str) -> None:
+        if RESULT_NEUTRAL_KEYS.match(key):
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for k in list(a) + [k for k in b if k not in a]:
+                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(x, dict) for x in a):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{key}[{i}]")
+        elif a != b:
+            changes.append(f"{key}: {a!r} -> {b!r}")
+
+    walk(old.to_dict(), new.to_dict(), "")
+    return changes

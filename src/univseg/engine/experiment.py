@@ -9,7 +9,8 @@ Method keys (the rows):
     univ-full             + within-domain entropy alignment
     adversarial           Hung et al. 2018, per domain, in one model
 
-run_experiment(): plan_runs() -> for each seed and key: train (resume / skip when finished) ->
+run_experiment(): plan_runs() -> refuse run folders made with other settings -> for each seed and
+key: train (resume / skip when finished) ->
 rows() -> results.md / .csv / .json / .png in the output folder.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, load_config
+from ..config import Config, ConfigError, config_changes, load_config
 from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from .methods import METHODS
@@ -102,6 +103,20 @@ def is_finished(run: Run, iters: int) -> bool:
     return path.is_file() and json.loads(path.read_text()).get("iteration") == iters
 
 
+def check_reusable(run: Run, cfg: Config) -> None:
+    """Refuse to reuse or resume a run folder whose saved config differs in a result-changing setting."""
+    saved = run.work_dir / "config.yaml"
+    if not saved.is_file():
+        return
+    changes = config_changes(load_config(saved), cfg)
+    if changes:
+        raise ConfigError(
+            f"{run.work_dir} holds a run of '{run.key}' (seed {run.seed}) made with other settings:\n  "
+            + "\n  ".join(changes)
+            + f"\nUse another --out for this variant, or delete {run.work_dir} to train it again."
+        )
+
+
 def run_experiment(
     config: str | Path,
     out: str | Path,
@@ -118,12 +133,15 @@ def run_experiment(
     base = load_config(config, overrides)
     runs = plan_runs(base, out, methods, seeds)
     by_key_seed = {(r.key, r.seed): r for r in runs}
-    results: dict[str, dict[int, dict[str, Any]]] = {}
+    configs = []
     for run in runs:
         extra = [f"name={base.name}-{run.key}"]
         if run.depends_on is not None:
             extra.append(f"model.init_from={by_key_seed[(run.depends_on, run.seed)].work_dir / 'latest.pt'}")
-        cfg = load_config(config, overrides + run.overrides + extra)
+        configs.append(load_config(config, overrides + run.overrides + extra))
+        check_reusable(run, configs[-1])
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for run, cfg in zip(runs, configs):
         if is_finished(run, cfg.train.iters):
             print(f"== {run.key} (seed {run.seed}): finished earlier, results reused from {run.work_dir}")
             res = json.loads((run.work_dir / "eval_results.json").read_text())
