@@ -18,8 +18,10 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path):
+@pytest.mark.parametrize("unlabeled_forward", ["together", "separate"])
+def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward):
     tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "checkpoint_interval": 2})
+    tiny_raw["method"]["unlabeled_forward"] = unlabeled_forward  # aligned steps 3-4: one or two encoder passes per domain
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw))
     work = tmp_path / "work"
@@ -36,6 +38,7 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path):
     assert not any(k.startswith("module.") for k in ckpt["model"])  # the unwrapped model is saved
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
+    assert [r["iter"] for r in lines if "ent_cross" in r] == [3, 4]  # the unlabeled images went through DDP
     evals = json.loads((work / "eval_results.json").read_text())
     # the val split (4 images per domain) is sharded over the 2 ranks and the confusion matrices summed
     assert evals["domains"]["city"]["pixels"] == 4 * 32 * 48 - _ignored(tiny_raw, "city")
