@@ -28,13 +28,14 @@ def reestimate_batchnorm(model: torch.nn.Module, domain: Domain, batch_size: int
     """Replace every BatchNorm layer's running statistics by their average over ``domain``'s labeled images."""
     layers = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in layers]
+    device = next(model.parameters()).device
     for m in layers:
         m.reset_running_stats()
         m.momentum = None  # cumulative moving average
         m.train()
     for batch in eval_loader(domain.centroid_view, batch_size):
         for img, _ in iter_images(batch):
-            model.features(img.to(next(model.parameters()).device))
+            model.features(img.to(device))
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
     model.eval()

@@ -447,17 +447,18 @@ def config_changes(old: Config, new: Config) -> list[str]:
     """``'key: old -> new'`` for every setting that differs and could change a run's results."""
     changes: list[str] = []
 
-    def walk(a: Any, b: Any, key: str) -> None:
+    def walk(a: Any, b: Any, loc: tuple) -> None:
+        key = _dotted(loc, "")
         if RESULT_NEUTRAL_KEYS.match(key):
             return
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:
-                walk(a.get(k), b.get(k), f"{key}.{k}" if key else k)
+                walk(a.get(k), b.get(k), loc + (k,))
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and any(isinstance(x, dict) for x in a):
             for i, (x, y) in enumerate(zip(a, b)):
-                walk(x, y, f"{key}[{i}]")
+                walk(x, y, loc + (i,))
         elif a != b:
             changes.append(f"{key}: {a!r} -> {b!r}")
 
-    walk(old.to_dict(), new.to_dict(), "")
+    walk(old.to_dict(), new.to_dict(), ())
     return changes

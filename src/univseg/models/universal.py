@@ -102,18 +102,17 @@ class UniversalModel(nn.Module):
         for name, parts in batches.items():
             for k, images in enumerate(parts):
                 groups.setdefault((k, tuple(images.shape[1:])), []).append(name)
-        pieces: dict[str, dict[int, dict[str, torch.Tensor]]] = {name: {} for name in batches}
+        pieces: dict[str, list] = {name: [None] * len(parts) for name, parts in batches.items()}
         for (k, _), names in groups.items():
             images = [batches[n][k] for n in names]
             feats = self.features(torch.cat(images))
             size = tuple(images[0].shape[-2:])
             for n, f in zip(names, feats.split([im.shape[0] for im in images])):
                 pieces[n][k] = self.decode(f, size, [n], embed)
-        out = {}
-        for name, by_pass in pieces.items():
-            ordered = [by_pass[k] for k in sorted(by_pass)]
-            out[name] = ordered[0] if len(ordered) == 1 else {key: torch.cat([p[key] for p in ordered]) for key in ordered[0]}
-        return out
+        return {
+            name: parts[0] if len(parts) == 1 else {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
+            for name, parts in pieces.items()
+        }
 
 
 def upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
