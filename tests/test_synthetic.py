@@ -1,6 +1,8 @@
 """Tests of the built-in synthetic multi-domain dataset (univseg.data.synthetic)."""
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pytest
 from pydantic import ValidationError
@@ -78,6 +80,93 @@ def test_image_size_follows_params():
     ds = make(height=48, width=72)
     img, lab = ds.load_pair(0)
     assert img.shape == (48, 72, 3) and lab.shape == (48, 72)
+
+
+#: sha256 of (image, fine label, coarse label) of train sample 1 per (style, seed), 96x128.
+_GOLDEN_SAMPLES = {
+    ("city", 0): (
+        "uint8(96, 128, 3):1cc974d27d4905ade1453b8eb063e555154c0b7cfce357179418c39f787f4ded",
+        "uint8(96, 128):02549ada656212624136ac61c17d8e8ddd3faf42ee1e26b6cd072a5934edf08f",
+        "uint8(96, 128):99cd56bc25cd2a1e3950b6f9727fd5130e085a3b97c4b83876f9d4ad42113886",
+    ),
+    ("city", 1): (
+        "uint8(96, 128, 3):a3267b12802fe7bac0396db24c804e9a1faf579bd42d5ac34908baeda6b03d93",
+        "uint8(96, 128):de957c4478014c9442c55c72ac3ac9f1108f8b21cd93cbab93923d391c49ab30",
+        "uint8(96, 128):3373f9d69ebf17e2f15d9b10a46c0e06a30ef225ca590457a30a7bd8a5d1399c",
+    ),
+    ("city", 2): (
+        "uint8(96, 128, 3):573c0277071742c84140aa863b190071febeab314ad2dc3c45e3a4474665b585",
+        "uint8(96, 128):68262c5911557db1f37fae4f2c5d2a5f886a8e403b7bdc2fe1d21a6b82f67aa9",
+        "uint8(96, 128):fde8256350b65bd2ff8b6efc5be90ab4474899f7e87d3b63c95ecda9d5ec7b73",
+    ),
+    ("rural", 0): (
+        "uint8(96, 128, 3):bd04d4c57b8a4dab607aea813b1b5ccaee98f069036d20210ee4b8bf040ada54",
+        "uint8(96, 128):dca4093c4c0252b59f6e31ec0fea4c43172d310b46e4d910170a2f1dc73dffaf",
+        "uint8(96, 128):ca2ec75458bbcbf70f527186063ef6986134e3f7bb453d55fdb30bc563c55262",
+    ),
+    ("rural", 1): (
+        "uint8(96, 128, 3):245a1cd4a10532bfc06496a11e0d2a5637b7a5f99849b1fa604005149c0e0464",
+        "uint8(96, 128):4d8ca8191d711c6fe709c0d7bc10dc5c946a1b5d10ff28014cb083df6d915510",
+        "uint8(96, 128):f709c9a233dfd286d160d2efb443cb08b03e837a97954612837d4b845572e2ba",
+    ),
+    ("rural", 2): (
+        "uint8(96, 128, 3):cd4f0971aeac739a47df2cc858d24568b67998f794d747e3241c10a016a04b90",
+        "uint8(96, 128):5dd6932934bd066bcc16794676f29a9b6e4ca01d7f1e98af98049954582e2df1",
+        "uint8(96, 128):11c306cc0be2f0921a438e7fe01fb3a343cf26bb6181ba31b87de80f8e4a3309",
+    ),
+    ("night", 0): (
+        "uint8(96, 128, 3):bb8b3b0efc7a71cbc284871ad25cd85684dc3b2fac691c687c89b9b79bc5cda0",
+        "uint8(96, 128):9da4eb7f5f28bfd09efe234037799032e9339e7e65af34cb98a698dc4e45a7ac",
+        "uint8(96, 128):174a554a5e57e3bd1fa53f398d7c0ea99ee2d5aaf2cfd4f0770fe962a4202fbd",
+    ),
+    ("night", 1): (
+        "uint8(96, 128, 3):1d0d21df5b26bc07941cc44f18519d5d00ebea2d919da31bd37a0ad250ffd84b",
+        "uint8(96, 128):117213029099a8d0bc8f59c9eb977f2b96366657d8685b0feedc2491f197d59a",
+        "uint8(96, 128):d7f7c3615df384ecbea99bf4f34faa9b686f4d496c9ba0432e5f075936684eac",
+    ),
+    ("night", 2): (
+        "uint8(96, 128, 3):d5352b6212659627fe15f27e05b25b6fef9057a8a065746a99a57331df5c59a7",
+        "uint8(96, 128):65852b509dc519fd9a561a58dd16dd4bff102399f7620d0fd2b3f8275fdce601",
+        "uint8(96, 128):5cb2b954785f843c9bdeb5122a26d7b437d3406baafaa62e385e0806c07d4080",
+    ),
+}
+#: sha256 of (image, scene label) of render_scene(style, default_rng([7, 3]), 300, 320).
+_GOLDEN_LARGE = {
+    "city": (
+        "uint8(300, 320, 3):6b80638a2bdeecaa566e4c8dd42247f19a144443685c4e8fbfa6b706ea8ef326",
+        "uint8(300, 320):e1da20c2b5742013f24c7e3f5a1c950b76a3e5d88c7e0fbaf754f8429323ccc6",
+    ),
+    "rural": (
+        "uint8(300, 320, 3):15e07276d051431573dc59919c85b5ce861b6b92e43f8124240766272b572bb7",
+        "uint8(300, 320):a879ec80d870feae95a7f3885266eefe96fb11de52808030acaaccbb3be0b3c9",
+    ),
+    "night": (
+        "uint8(300, 320, 3):28a1b239d802fa875e6d4c97d990c4a3c83e2e4e672a5f8ed76a6554e813a2b2",
+        "uint8(300, 320):f1e35b9a97292b56d3ac71b6249f0cf1de1a1bd3275c6f10283643270f64bc2d",
+    ),
+}
+
+
+def _digest(a: np.ndarray) -> str:
+    return f"{a.dtype}{a.shape}:{hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()}"
+
+
+@pytest.mark.parametrize(("style", "seed"), sorted(_GOLDEN_SAMPLES))
+def test_golden_samples_are_unchanged(style, seed):
+    fine = make(style=style, seed=seed, taxonomy="fine")
+    coarse = make(style=style, seed=seed, taxonomy="coarse")
+    got = (_digest(fine.load_image(1)), _digest(fine.load_label(1)), _digest(coarse.load_label(1)))
+    assert got == _GOLDEN_SAMPLES[(style, seed)]
+
+
+@pytest.mark.parametrize("style", sorted(_GOLDEN_LARGE))
+def test_golden_large_scenes_are_unchanged(style):
+    image, scene = render_scene(style, np.random.default_rng([7, 3]), 300, 320)
+    assert (_digest(image), _digest(scene)) == _GOLDEN_LARGE[style]
+
+
+def test_golden_cases_cover_every_style():
+    assert {s for s, _ in _GOLDEN_SAMPLES} == set(_GOLDEN_LARGE) == set(STYLES.names())
 
 
 # ---------------------------------------------------------------- taxonomies

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import zlib
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Literal
@@ -440,6 +441,7 @@ def _pick(rng: np.random.Generator, palette, jitter: float) -> np.ndarray:
 
 
 def _count(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
+    """A count drawn uniformly from the inclusive range ``lo_hi``."""
     return int(rng.integers(lo_hi[0], lo_hi[1] + 1))
 
 
@@ -448,113 +450,55 @@ def _count(rng: np.random.Generator, lo_hi: tuple[int, int]) -> int:
 # --------------------------------------------------------------------------------------------
 
 
-def render_scene(style: str | Style, rng: np.random.Generator, height: int = 96, width: int = 128
-                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Draw one street scene in ``style``.
+#: A lamp or vehicle light to glow in the final image: (x, y, radius, RGB colour).
+_Glow = tuple[float, float, float, tuple[int, int, int]]
 
-    Args:
-        style: a name in :data:`STYLES` or a :class:`Style`.
-        rng: the only source of randomness; the same generator state gives the same scene.
-        height, width: image size in pixels.
 
-    Returns:
-        ``(image, label)``: HxWx3 uint8 RGB and HxW uint8 ids of :data:`SCENE_CLASSES` (ids 0..8
-        are the ``fine`` train ids, 9 is animal); see :func:`scene_to_labels` for the taxonomies.
+@dataclass
+class _Scene:
+    """What the drawing stages of one scene share: style, generator, canvas and light glows."""
+
+    style: Style
+    rng: np.random.Generator
+    canvas: _Canvas
+    glows: list[_Glow] = field(default_factory=list)
+
+    @property
+    def scale(self) -> float:
+        """Pixel-size factor: the drawing constants are given for 96-row images."""
+        return self.canvas.h / 96.0
+
+
+@dataclass(frozen=True)
+class _RoadLayout:
+    """The ground plan: a straight road from a vanishing point on the horizon, with sidewalks.
+
+    Widths are measured at the bottom row and shrink linearly to zero at the horizon.
     """
-    st = STYLES.get(style) if isinstance(style, str) else style
-    H, W = int(height), int(width)
-    cv = _Canvas(H, W)
-    ys, xs = cv.ys, cv.xs
-    j = st.jitter
-    sc = H / 96.0  # pixel-size constants below are for 96-row images
 
-    # ---- sky: vertical gradient
-    hz = float(rng.uniform(*st.horizon)) * H
-    t_sky = np.clip(ys / max(hz, 1.0), 0.0, 1.0)[:, :, None]  # (H,1,1)
-    sky_top = np.asarray(st.sky_top, np.float32) + rng.normal(0, j * 0.6, 3).astype(np.float32)
-    sky_bot = np.asarray(st.sky_bottom, np.float32) + rng.normal(0, j * 0.6, 3).astype(np.float32)
-    cv.palette.extend(sky_top * (1 - t_sky[:, 0]) + sky_bot * t_sky[:, 0])
-    cv.lab[:] = SKY
+    horizon: float  # row of the horizon
+    span: float  # rows from the horizon to the bottom of the image (at least 1)
+    width: float  # image width in pixels
+    vanish_x: float  # road centre at the horizon
+    bottom_x: float  # road centre at the bottom row
+    halfwidth: float  # road half-width
+    sidewalk_left: float  # sidewalk widths (0: no sidewalk on that side)
+    sidewalk_right: float
 
-    # ---- buildings along the horizon (left to right, back row first)
-    hmin, hmax = st.building_height
-    x = float(rng.uniform(-0.1, 0.0)) * W
-    lights: list[tuple[float, float, float, tuple]] = []  # (x, y, radius, colour) glows for night
-    while x < W:
-        bw = float(rng.uniform(0.07, 0.24)) * W
-        if rng.random() >= st.building_gap:
-            bh = float(rng.uniform(hmin, hmax)) * H
-            top = hz - bh
-            bottom = hz + 1.0
-            facade = _pick(rng, st.facade, j)
-            cv.rect(x, top, x + bw, bottom, BUILDING, facade)
-            # windows: a grid of darker (or lit) rectangles
-            if rng.random() < 0.9:
-                px, py = float(rng.uniform(4.0, 7.0)) * sc, float(rng.uniform(4.5, 7.5)) * sc
-                mx, my = 1.5 * sc, 2.0 * sc  # facade margins
-                fx, fy = float(rng.uniform(0.4, 0.65)), float(rng.uniform(0.4, 0.65))
-                box = cv._box(x + mx, top + my, x + bw - mx, hz - my)
-                if box is not None:
-                    a, c, b, d = box
-                    u = (xs[:, a:b] - x - mx) % px
-                    v = (ys[c:d] - top - my) % py
-                    wmask = (u < px * fx) & (v < py * fy)
-                    wcol = _pick(rng, st.window, j * 0.5)
-                    sub = cv.cid[c:d, a:b]
-                    if st.lit_window is not None:
-                        # per-window random lighting: index windows by their grid cell
-                        cell = np.floor((xs[:, a:b] - x - mx) / px) * 31 + np.floor((ys[c:d] - top - my) / py) * 7
-                        lit_seed = float(rng.uniform(0, 1000))
-                        lit = (np.sin(cell * 12.9898 + lit_seed) * 43758.5453) % 1.0 < st.lit_prob
-                        sub[wmask & ~lit] = cv.color(wcol)
-                        sub[wmask & lit] = cv.color(np.asarray(st.lit_window, np.float32) + rng.normal(0, 15, 3))
-                    else:
-                        sub[wmask] = cv.color(wcol)
-            if st.roof is not None and rng.random() < st.roof_prob:
-                rh = float(rng.uniform(0.25, 0.6)) * bw
-                cv.triangle_roof(x - 1, x + bw + 1, top + 0.5, rh, BUILDING, _pick(rng, st.roof, j))
-        x += bw * float(rng.uniform(0.85, 1.0)) if rng.random() < 0.7 else bw + float(rng.uniform(0.0, 0.08)) * W
+    def centre(self, t: float | np.ndarray) -> float | np.ndarray:
+        """Column of the road centre at depth fraction ``t`` (0 at the horizon, 1 at the bottom)."""
+        return self.vanish_x + (self.bottom_x - self.vanish_x) * t
 
-    # ---- ground: grass / road / sidewalks below the horizon
-    gy = np.maximum(ys - hz, 0.0)  # depth proxy: rows below the horizon
-    span = max(H - hz, 1.0)
-    t = gy / span  # 0 at the horizon, 1 at the bottom row  (H,1)
-    below = ys >= hz  # (H,1)
-    vx = float(rng.uniform(0.35, 0.65)) * W
-    cxb = vx + float(rng.uniform(-0.15, 0.15)) * W
-    hw = float(rng.uniform(*st.road_halfwidth)) * W
-    swl = float(rng.uniform(*st.sidewalk_width)) * W if rng.random() < st.sidewalk_prob else 0.0
-    swr = float(rng.uniform(*st.sidewalk_width)) * W if rng.random() < st.sidewalk_prob else 0.0
-    centre = vx + (cxb - vx) * t
-    left, right = centre - hw * t, centre + hw * t
-    road = below & (xs >= left) & (xs < right)
-    side = below & ~road & (xs >= left - swl * t) & (xs < right + swr * t)
-    grass = below & ~road & ~side
-    cv.fill(grass, VEGETATION, np.asarray(st.grass, np.float32) + rng.normal(0, j, 3))
-    cv.fill(side, SIDEWALK, np.asarray(st.sidewalk, np.float32) + rng.normal(0, j, 3))
-    # kerb: a light edge of the sidewalk along the road
-    kw = (0.5 + 2.0 * t) * sc
-    kerb = side & (((xs >= left - kw) & (xs < left)) | ((xs >= right) & (xs < right + kw)))
-    cv.fill(kerb, None, st.kerb)
-    road_col = np.asarray(st.road, np.float32) + rng.normal(0, j, 3).astype(np.float32)
-    cv.fill(road, ROAD, road_col)
-    if st.marking is not None and rng.random() < 0.85:
-        lw = (0.3 + 1.3 * t) * sc
-        off = float(rng.uniform(-0.1, 0.1)) * hw * t
-        dash = ((1.0 / (t + 0.06)) * float(rng.uniform(1.5, 2.5)) + float(rng.uniform(0, 1))) % 1.0 < 0.5
-        mark = road & (np.abs(xs - centre - off) < lw) & dash
-        cv.fill(mark, None, np.asarray(st.marking, np.float32) + rng.normal(0, j * 0.5, 3))
-    if st.ruts:
-        rw = (0.06 + 0.04 * float(rng.random())) * hw * t
-        for side_sign in (-1.0, 1.0):
-            rc = centre + side_sign * 0.45 * hw * t
-            rut = road & (np.abs(xs - rc) < rw)
-            cv.fill(rut, None, road_col * 0.8)
+    def bottom_row(self, rng: np.random.Generator, lo: float, hi: float) -> float:
+        """Bottom row of an object: uniform in depth fraction, biased a bit toward the camera."""
+        return self.horizon + self.span * float(rng.uniform(lo, hi)) ** 1.15
 
-    # ---- objects, placed on the ground, drawn far to near
-    def ground_x(yb: float, where: str) -> float:
-        tt = max(yb - hz, 0.0) / span
-        c = vx + (cxb - vx) * tt
+    def ground_x(self, rng: np.random.Generator, yb: float, where: str) -> float:
+        """A column for an object standing at row ``yb`` on the ``road``, ``roadside``, ``off`` the road
+        or ``any`` where."""
+        W, hw, swl, swr = self.width, self.halfwidth, self.sidewalk_left, self.sidewalk_right
+        tt = max(yb - self.horizon, 0.0) / self.span
+        c = self.centre(tt)
         lft, rgt = c - hw * tt, c + hw * tt
         if where == "road":
             return float(rng.uniform(lft + 0.1 * hw * tt, rgt - 0.1 * hw * tt))
@@ -568,159 +512,331 @@ def render_scene(style: str | Style, rng: np.random.Generator, height: int = 96,
             return float(rng.uniform(min(rgt + swr * tt, 1.05 * W), 1.1 * W))
         return float(rng.uniform(0, W))
 
-    def depth(lo: float = 0.08, hi: float = 1.05) -> float:
-        """Bottom row of an object: uniform in depth fraction, biased a bit toward the camera."""
-        return hz + span * float(rng.uniform(lo, hi)) ** 1.15
 
-    objects: list[tuple[float, int, float]] = []  # (bottom row, kind, x)
+def _draw_sky(scene: _Scene) -> float:
+    """Pick the horizon row and paint the whole frame with the vertical sky gradient; returns the horizon."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    j = st.jitter
+    hz = float(rng.uniform(*st.horizon)) * cv.h
+    t_sky = np.clip(cv.ys / max(hz, 1.0), 0.0, 1.0)[:, :, None]  # (H,1,1)
+    sky_top = np.asarray(st.sky_top, np.float32) + rng.normal(0, j * 0.6, 3).astype(np.float32)
+    sky_bot = np.asarray(st.sky_bottom, np.float32) + rng.normal(0, j * 0.6, 3).astype(np.float32)
+    cv.palette.extend(sky_top * (1 - t_sky[:, 0]) + sky_bot * t_sky[:, 0])
+    cv.lab[:] = SKY
+    return hz
+
+
+def _draw_buildings(scene: _Scene, hz: float) -> None:
+    """Draw a row of buildings (with gaps) standing on the horizon, left to right."""
+    st, rng = scene.style, scene.rng
+    W = scene.canvas.w
+    x = float(rng.uniform(-0.1, 0.0)) * W
+    while x < W:
+        bw = float(rng.uniform(0.07, 0.24)) * W
+        if rng.random() >= st.building_gap:
+            _draw_building(scene, x, bw, hz)
+        x += bw * float(rng.uniform(0.85, 1.0)) if rng.random() < 0.7 else bw + float(rng.uniform(0.0, 0.08)) * W
+
+
+def _draw_building(scene: _Scene, x: float, bw: float, hz: float) -> None:
+    """Draw one building of width ``bw`` from column ``x``: facade, windows and maybe a roof."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    j = st.jitter
+    hmin, hmax = st.building_height
+    bh = float(rng.uniform(hmin, hmax)) * cv.h
+    top = hz - bh
+    bottom = hz + 1.0
+    facade = _pick(rng, st.facade, j)
+    cv.rect(x, top, x + bw, bottom, BUILDING, facade)
+    if rng.random() < 0.9:
+        _draw_windows(scene, x, bw, top, hz)
+    if st.roof is not None and rng.random() < st.roof_prob:
+        rh = float(rng.uniform(0.25, 0.6)) * bw
+        cv.triangle_roof(x - 1, x + bw + 1, top + 0.5, rh, BUILDING, _pick(rng, st.roof, j))
+
+
+def _draw_windows(scene: _Scene, x: float, bw: float, top: float, hz: float) -> None:
+    """Paint a grid of darker (or, at night, randomly lit) windows on a facade."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    ys, xs, sc = cv.ys, cv.xs, scene.scale
+    px, py = float(rng.uniform(4.0, 7.0)) * sc, float(rng.uniform(4.5, 7.5)) * sc
+    mx, my = 1.5 * sc, 2.0 * sc  # facade margins
+    fx, fy = float(rng.uniform(0.4, 0.65)), float(rng.uniform(0.4, 0.65))
+    box = cv._box(x + mx, top + my, x + bw - mx, hz - my)
+    if box is None:
+        return
+    a, c, b, d = box
+    u = (xs[:, a:b] - x - mx) % px
+    v = (ys[c:d] - top - my) % py
+    wmask = (u < px * fx) & (v < py * fy)
+    wcol = _pick(rng, st.window, st.jitter * 0.5)
+    sub = cv.cid[c:d, a:b]
+    if st.lit_window is not None:
+        # per-window random lighting: index windows by their grid cell
+        cell = np.floor((xs[:, a:b] - x - mx) / px) * 31 + np.floor((ys[c:d] - top - my) / py) * 7
+        lit_seed = float(rng.uniform(0, 1000))
+        lit = (np.sin(cell * 12.9898 + lit_seed) * 43758.5453) % 1.0 < st.lit_prob
+        sub[wmask & ~lit] = cv.color(wcol)
+        sub[wmask & lit] = cv.color(np.asarray(st.lit_window, np.float32) + rng.normal(0, 15, 3))
+    else:
+        sub[wmask] = cv.color(wcol)
+
+
+def _road_layout(scene: _Scene, hz: float) -> _RoadLayout:
+    """Pick the road's vanishing point, direction and width and the sidewalk widths."""
+    st, rng = scene.style, scene.rng
+    H, W = scene.canvas.h, scene.canvas.w
+    vx = float(rng.uniform(0.35, 0.65)) * W
+    cxb = vx + float(rng.uniform(-0.15, 0.15)) * W
+    hw = float(rng.uniform(*st.road_halfwidth)) * W
+    swl = float(rng.uniform(*st.sidewalk_width)) * W if rng.random() < st.sidewalk_prob else 0.0
+    swr = float(rng.uniform(*st.sidewalk_width)) * W if rng.random() < st.sidewalk_prob else 0.0
+    return _RoadLayout(horizon=hz, span=max(H - hz, 1.0), width=W, vanish_x=vx, bottom_x=cxb, halfwidth=hw,
+                       sidewalk_left=swl, sidewalk_right=swr)
+
+
+def _draw_ground(scene: _Scene, road: _RoadLayout) -> None:
+    """Paint grass, sidewalks with kerbs and the road below the horizon, then the road's markings or ruts."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    ys, xs, sc, j = cv.ys, cv.xs, scene.scale, st.jitter
+    hz, hw = road.horizon, road.halfwidth
+    t = np.maximum(ys - hz, 0.0) / road.span  # 0 at the horizon, 1 at the bottom row  (H,1)
+    below = ys >= hz  # (H,1)
+    centre = road.centre(t)
+    left, right = centre - hw * t, centre + hw * t
+    on_road = below & (xs >= left) & (xs < right)
+    side = below & ~on_road & (xs >= left - road.sidewalk_left * t) & (xs < right + road.sidewalk_right * t)
+    grass = below & ~on_road & ~side
+    cv.fill(grass, VEGETATION, np.asarray(st.grass, np.float32) + rng.normal(0, j, 3))
+    cv.fill(side, SIDEWALK, np.asarray(st.sidewalk, np.float32) + rng.normal(0, j, 3))
+    # kerb: a light edge of the sidewalk along the road
+    kw = (0.5 + 2.0 * t) * sc
+    kerb = side & (((xs >= left - kw) & (xs < left)) | ((xs >= right) & (xs < right + kw)))
+    cv.fill(kerb, None, st.kerb)
+    road_col = np.asarray(st.road, np.float32) + rng.normal(0, j, 3).astype(np.float32)
+    cv.fill(on_road, ROAD, road_col)
+    if st.marking is not None and rng.random() < 0.85:
+        lw = (0.3 + 1.3 * t) * sc
+        off = float(rng.uniform(-0.1, 0.1)) * hw * t
+        dash = ((1.0 / (t + 0.06)) * float(rng.uniform(1.5, 2.5)) + float(rng.uniform(0, 1))) % 1.0 < 0.5
+        mark = on_road & (np.abs(xs - centre - off) < lw) & dash
+        cv.fill(mark, None, np.asarray(st.marking, np.float32) + rng.normal(0, j * 0.5, 3))
+    if st.ruts:
+        rw = (0.06 + 0.04 * float(rng.random())) * hw * t
+        for side_sign in (-1.0, 1.0):
+            rc = centre + side_sign * 0.45 * hw * t
+            rut = on_road & (np.abs(xs - rc) < rw)
+            cv.fill(rut, None, road_col * 0.8)
+
+
+def _draw_tree(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A tree: trunk and a bumpy canopy."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    th = s * float(rng.uniform(1.4, 2.8))
+    tw = max(0.8, s * 0.12)
+    cv.rect(ox - tw / 2, yb - th, ox + tw / 2, yb, VEGETATION, np.asarray(st.trunk, np.float32))
+    r = s * float(rng.uniform(0.7, 1.3))
+    cv.ellipse(ox, yb - th - r * 0.5, r, r * float(rng.uniform(0.8, 1.3)), VEGETATION,
+               _pick(rng, st.foliage, st.jitter), wobble=0.15, lobes=int(rng.integers(4, 8)),
+               phase=float(rng.uniform(0, 6.28)))
+
+
+def _draw_bush(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A bush: one wide bumpy blob."""
+    st, rng = scene.style, scene.rng
+    r = s * float(rng.uniform(0.3, 0.7))
+    scene.canvas.ellipse(ox, yb - r * 0.6, r * 1.4, r * 0.8, VEGETATION, _pick(rng, st.foliage, st.jitter),
+                         wobble=0.12, lobes=int(rng.integers(5, 9)), phase=float(rng.uniform(0, 6.28)))
+
+
+def _draw_pole(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A pole with a lamp arm (which glows at night) or a sign plate."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    ph = s * float(rng.uniform(3.0, 5.0))
+    pw = max(2.0 * scene.scale, s * 0.14)
+    col = _pick(rng, st.pole, st.jitter * 0.5)
+    cv.rect(ox - pw / 2, yb - ph, ox + pw / 2, yb, POLE, col)
+    top = yb - ph
+    if rng.random() < 0.5:  # lamp arm
+        arm = s * 0.5 * (-1 if flip else 1)
+        cv.rect(min(ox, ox + arm), top, max(ox, ox + arm), top + max(1.0, pw * 0.8), POLE, col)
+        scene.glows.append((ox + arm, top + pw, s * 0.8, (255, 220, 140)))
+    else:  # sign plate / crossbar
+        sw_ = s * float(rng.uniform(0.25, 0.5))
+        cv.rect(ox - sw_, top + s * 0.1, ox + sw_, top + s * 0.1 + max(1.0, sw_ * 0.8), POLE, col * 0.8 + 40)
+
+
+def _wheel_color(st: Style) -> np.ndarray:
+    """Tyre colour (darker at night)."""
+    return np.asarray((20, 20, 22), np.float32) if not st.lights else np.asarray((6, 6, 8), np.float32)
+
+
+def _draw_car(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A car: body, cabin with windows, wheels and, at night, head or tail lights."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    w = s * float(rng.uniform(1.1, 1.5))
+    body_h = s * float(rng.uniform(0.45, 0.6))
+    wr = s * 0.16
+    col = _pick(rng, st.car, st.jitter)
+    x0 = ox - w / 2
+    body_bot = yb - wr * 0.9
+    cv.rect(x0, body_bot - body_h, x0 + w, body_bot, CAR, col)
+    cab_w = w * float(rng.uniform(0.55, 0.75))
+    cab_x = x0 + (w - cab_w) * float(rng.uniform(0.2, 0.8))
+    cab_h = s * float(rng.uniform(0.3, 0.42))
+    cv.rect(cab_x + 0.08 * cab_w, body_bot - body_h - cab_h, cab_x + 0.92 * cab_w, body_bot - body_h + 0.5,
+            CAR, col)
+    cv.rect(cab_x + 0.15 * cab_w, body_bot - body_h - cab_h * 0.8, cab_x + 0.85 * cab_w,
+            body_bot - body_h, CAR, np.asarray(st.glass, np.float32))
+    wheel = _wheel_color(st)
+    for fx in (0.2, 0.8):
+        cv.ellipse(x0 + fx * w, yb - wr, wr * 1.1, wr, CAR, wheel)
+    if st.lights:
+        lc = (255, 240, 190) if flip else (230, 30, 25)
+        for fx in (0.08, 0.92):
+            cv.rect(x0 + fx * w - s * 0.07, body_bot - body_h * 0.75, x0 + fx * w + s * 0.07,
+                    body_bot - body_h * 0.5, CAR, np.asarray(lc, np.float32))
+            scene.glows.append((x0 + fx * w, body_bot - body_h * 0.6, s * 0.35, lc))
+
+
+def _draw_truck(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A truck: tall cargo box, cab (facing left when flipped), chassis, wheels and, at night, marker lights."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    j = st.jitter
+    w = s * float(rng.uniform(1.6, 2.3))
+    box_h = s * float(rng.uniform(1.5, 2.1))
+    wr = s * 0.2
+    col = _pick(rng, st.truck, j)
+    x0 = ox - w / 2
+    bot = yb - wr * 0.9
+    cab_w = w * float(rng.uniform(0.25, 0.32))
+    cargo_x0, cab_x0 = (x0 + cab_w, x0) if flip else (x0, x0 + w - cab_w)
+    cv.rect(cargo_x0, bot - box_h, cargo_x0 + w - cab_w + 0.5, bot, TRUCK, col)
+    cab_col = _pick(rng, st.truck, j)
+    cab_h = box_h * float(rng.uniform(0.6, 0.8))
+    cv.rect(cab_x0, bot - cab_h, cab_x0 + cab_w, bot, TRUCK, cab_col)
+    cv.rect(cab_x0 + 0.15 * cab_w, bot - cab_h * 0.9, cab_x0 + 0.85 * cab_w, bot - cab_h * 0.55, TRUCK,
+            np.asarray(st.glass, np.float32))
+    cv.rect(x0, bot - s * 0.12, x0 + w, bot, TRUCK, col * 0.5)  # chassis
+    wheel = _wheel_color(st)
+    for fx in (0.15, 0.55, 0.85):
+        cv.ellipse(x0 + fx * w, yb - wr, wr, wr, TRUCK, wheel)
+    if st.lights:
+        lc = np.asarray((255, 200, 80), np.float32)
+        cv.rect(x0, bot - box_h, x0 + s * 0.1, bot - box_h + s * 0.1, TRUCK, lc)
+        cv.rect(x0 + w - s * 0.1, bot - box_h, x0 + w, bot - box_h + s * 0.1, TRUCK, lc)
+
+
+def _draw_person(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A person: legs, torso, arms and head."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    j = st.jitter
+    h = s * float(rng.uniform(1.0, 1.3))
+    bw = h * float(rng.uniform(0.24, 0.32))
+    shirt = _pick(rng, st.clothes, j)
+    pants = _pick(rng, st.trousers, j)
+    skin = _pick(rng, st.skin, j * 0.5)
+    leg_top = yb - h * 0.47
+    lw = max(0.7, bw * 0.38)
+    stride = bw * float(rng.uniform(0.0, 0.35))
+    cv.rect(ox - bw * 0.45 - stride, leg_top, ox - bw * 0.45 - stride + lw, yb, PERSON, pants)
+    cv.rect(ox + bw * 0.45 + stride - lw, leg_top, ox + bw * 0.45 + stride, yb, PERSON, pants)
+    torso_top = yb - h * 0.83
+    cv.rect(ox - bw / 2, torso_top, ox + bw / 2, leg_top + 0.5, PERSON, shirt)
+    aw = max(0.7, bw * 0.2)
+    cv.rect(ox - bw / 2 - aw, torso_top + h * 0.02, ox - bw / 2, leg_top + h * 0.05, PERSON, shirt * 0.85)
+    cv.rect(ox + bw / 2, torso_top + h * 0.02, ox + bw / 2 + aw, leg_top + h * 0.05, PERSON, shirt * 0.85)
+    hr = h * 0.085
+    cv.ellipse(ox, torso_top - hr * 0.9, hr, hr * 1.1, PERSON, skin)
+
+
+def _draw_animal(scene: _Scene, ox: float, yb: float, s: float, flip: bool) -> None:
+    """A four-legged animal: horizontal body, legs, and a head on a neck (facing left when flipped)."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    L = s * float(rng.uniform(0.5, 0.75))
+    body_h = s * float(rng.uniform(0.22, 0.32))
+    leg_h = s * float(rng.uniform(0.25, 0.4))
+    col = _pick(rng, st.animal, st.jitter)
+    cy = yb - leg_h - body_h * 0.6
+    lw = max(0.7, L * 0.09)
+    for fx in (-0.75, -0.45, 0.45, 0.75):
+        cv.rect(ox + fx * L - lw / 2, cy, ox + fx * L + lw / 2, yb, ANIMAL, col * 0.85)
+    cv.ellipse(ox, cy, L, body_h, ANIMAL, col)
+    d = -1.0 if flip else 1.0
+    hx, hy = ox + d * L * 1.05, cy - body_h * 0.9
+    cv.ellipse(ox + d * L * 0.85, cy - body_h * 0.45, L * 0.14, body_h * 0.6, ANIMAL, col)  # neck
+    cv.ellipse(hx, hy, L * 0.22, body_h * 0.45, ANIMAL, col * 0.92)
+
+
+#: Draws one object standing at column ``ox`` on row ``yb``, ``s`` pixels per ~1.5 m, maybe mirrored.
+_Drawer = Callable[[_Scene, float, float, float, bool], None]
+
+
+def _place_objects(scene: _Scene, road: _RoadLayout) -> list[tuple[float, _Drawer, float]]:
+    """Pick the style's number of each object kind and where each stands; ``(bottom row, drawer, x)``
+    sorted far to near."""
+    st, rng = scene.style, scene.rng
+    objects: list[tuple[float, _Drawer, float]] = []
     for _ in range(_count(rng, st.n_trees)):
-        yb = depth(0.02, 0.9)
-        objects.append((yb, 0, ground_x(yb, "off" if rng.random() < 0.7 else "roadside")))
+        yb = road.bottom_row(rng, 0.02, 0.9)
+        objects.append((yb, _draw_tree, road.ground_x(rng, yb, "off" if rng.random() < 0.7 else "roadside")))
     for _ in range(_count(rng, st.n_bushes)):
-        yb = depth(0.05, 1.0)
-        objects.append((yb, 1, ground_x(yb, "off")))
+        yb = road.bottom_row(rng, 0.05, 1.0)
+        objects.append((yb, _draw_bush, road.ground_x(rng, yb, "off")))
     for _ in range(_count(rng, st.n_poles)):
-        yb = depth(0.05, 0.9)
-        objects.append((yb, 2, ground_x(yb, "roadside")))
+        yb = road.bottom_row(rng, 0.05, 0.9)
+        objects.append((yb, _draw_pole, road.ground_x(rng, yb, "roadside")))
     for _ in range(_count(rng, st.n_cars)):
-        yb = depth(0.08, 1.0)
-        objects.append((yb, 3, ground_x(yb, "road")))
+        yb = road.bottom_row(rng, 0.08, 1.0)
+        objects.append((yb, _draw_car, road.ground_x(rng, yb, "road")))
     for _ in range(_count(rng, st.n_trucks)):
-        yb = depth(0.08, 0.85)
-        objects.append((yb, 4, ground_x(yb, "road")))
+        yb = road.bottom_row(rng, 0.08, 0.85)
+        objects.append((yb, _draw_truck, road.ground_x(rng, yb, "road")))
     for _ in range(_count(rng, st.n_people)):
-        yb = depth(0.15, 1.05)
-        objects.append((yb, 5, ground_x(yb, "roadside" if rng.random() < 0.8 else "road")))
+        yb = road.bottom_row(rng, 0.15, 1.05)
+        objects.append((yb, _draw_person, road.ground_x(rng, yb, "roadside" if rng.random() < 0.8 else "road")))
     for _ in range(_count(rng, st.n_animals)):
-        yb = depth(0.12, 1.0)
-        objects.append((yb, 6, ground_x(yb, "off" if rng.random() < 0.6 else "any")))
+        yb = road.bottom_row(rng, 0.12, 1.0)
+        objects.append((yb, _draw_animal, road.ground_x(rng, yb, "off" if rng.random() < 0.6 else "any")))
     objects.sort(key=lambda o: o[0])
+    return objects
 
-    for yb, kind, ox in objects:
+
+def _draw_objects(scene: _Scene, objects: list[tuple[float, _Drawer, float]], hz: float) -> None:
+    """Draw the placed objects in order (far to near, so nearer ones occlude farther ones)."""
+    for yb, draw, ox in objects:
         s = max(0.62 * (yb - hz), 1.0)  # pixels per ~1.5 m at this depth (camera ~2.4 m high)
-        flip = rng.random() < 0.5
-        if kind == 0:  # tree: trunk + bumpy canopy
-            th = s * float(rng.uniform(1.4, 2.8))
-            tw = max(0.8, s * 0.12)
-            cv.rect(ox - tw / 2, yb - th, ox + tw / 2, yb, VEGETATION, np.asarray(st.trunk, np.float32))
-            r = s * float(rng.uniform(0.7, 1.3))
-            cv.ellipse(ox, yb - th - r * 0.5, r, r * float(rng.uniform(0.8, 1.3)), VEGETATION,
-                       _pick(rng, st.foliage, j), wobble=0.15, lobes=int(rng.integers(4, 8)),
-                       phase=float(rng.uniform(0, 6.28)))
-        elif kind == 1:  # bush
-            r = s * float(rng.uniform(0.3, 0.7))
-            cv.ellipse(ox, yb - r * 0.6, r * 1.4, r * 0.8, VEGETATION, _pick(rng, st.foliage, j),
-                       wobble=0.12, lobes=int(rng.integers(5, 9)), phase=float(rng.uniform(0, 6.28)))
-        elif kind == 2:  # pole with a lamp arm or a sign
-            ph = s * float(rng.uniform(3.0, 5.0))
-            pw = max(2.0 * sc, s * 0.14)
-            col = _pick(rng, st.pole, j * 0.5)
-            cv.rect(ox - pw / 2, yb - ph, ox + pw / 2, yb, POLE, col)
-            top = yb - ph
-            if rng.random() < 0.5:  # lamp arm
-                arm = s * 0.5 * (-1 if flip else 1)
-                cv.rect(min(ox, ox + arm), top, max(ox, ox + arm), top + max(1.0, pw * 0.8), POLE, col)
-                lights.append((ox + arm, top + pw, s * 0.8, (255, 220, 140)))
-            else:  # sign plate / crossbar
-                sw_ = s * float(rng.uniform(0.25, 0.5))
-                cv.rect(ox - sw_, top + s * 0.1, ox + sw_, top + s * 0.1 + max(1.0, sw_ * 0.8), POLE,
-                        col * 0.8 + 40)
-        elif kind == 3:  # car: body + cabin + wheels
-            w = s * float(rng.uniform(1.1, 1.5))
-            body_h = s * float(rng.uniform(0.45, 0.6))
-            wr = s * 0.16
-            col = _pick(rng, st.car, j)
-            x0 = ox - w / 2
-            body_bot = yb - wr * 0.9
-            cv.rect(x0, body_bot - body_h, x0 + w, body_bot, CAR, col)
-            cab_w = w * float(rng.uniform(0.55, 0.75))
-            cab_x = x0 + (w - cab_w) * float(rng.uniform(0.2, 0.8))
-            cab_h = s * float(rng.uniform(0.3, 0.42))
-            cv.rect(cab_x + 0.08 * cab_w, body_bot - body_h - cab_h, cab_x + 0.92 * cab_w, body_bot - body_h + 0.5,
-                    CAR, col)
-            cv.rect(cab_x + 0.15 * cab_w, body_bot - body_h - cab_h * 0.8, cab_x + 0.85 * cab_w,
-                    body_bot - body_h, CAR, np.asarray(st.glass, np.float32))
-            wheel = np.asarray((20, 20, 22), np.float32) if not st.lights else np.asarray((6, 6, 8), np.float32)
-            for fx in (0.2, 0.8):
-                cv.ellipse(x0 + fx * w, yb - wr, wr * 1.1, wr, CAR, wheel)
-            if st.lights:
-                lc = (255, 240, 190) if flip else (230, 30, 25)
-                for fx in (0.08, 0.92):
-                    cv.rect(x0 + fx * w - s * 0.07, body_bot - body_h * 0.75, x0 + fx * w + s * 0.07,
-                            body_bot - body_h * 0.5, CAR, np.asarray(lc, np.float32))
-                    lights.append((x0 + fx * w, body_bot - body_h * 0.6, s * 0.35, lc))
-        elif kind == 4:  # truck: tall cargo box + cab + wheels
-            w = s * float(rng.uniform(1.6, 2.3))
-            box_h = s * float(rng.uniform(1.5, 2.1))
-            wr = s * 0.2
-            col = _pick(rng, st.truck, j)
-            x0 = ox - w / 2
-            bot = yb - wr * 0.9
-            cab_w = w * float(rng.uniform(0.25, 0.32))
-            cargo_x0, cab_x0 = (x0 + cab_w, x0) if flip else (x0, x0 + w - cab_w)
-            cv.rect(cargo_x0, bot - box_h, cargo_x0 + w - cab_w + 0.5, bot, TRUCK, col)
-            cab_col = _pick(rng, st.truck, j)
-            cab_h = box_h * float(rng.uniform(0.6, 0.8))
-            cv.rect(cab_x0, bot - cab_h, cab_x0 + cab_w, bot, TRUCK, cab_col)
-            cv.rect(cab_x0 + 0.15 * cab_w, bot - cab_h * 0.9, cab_x0 + 0.85 * cab_w, bot - cab_h * 0.55, TRUCK,
-                    np.asarray(st.glass, np.float32))
-            cv.rect(x0, bot - s * 0.12, x0 + w, bot, TRUCK, col * 0.5)  # chassis
-            wheel = np.asarray((20, 20, 22), np.float32) if not st.lights else np.asarray((6, 6, 8), np.float32)
-            for fx in (0.15, 0.55, 0.85):
-                cv.ellipse(x0 + fx * w, yb - wr, wr, wr, TRUCK, wheel)
-            if st.lights:
-                lc = np.asarray((255, 200, 80), np.float32)
-                cv.rect(x0, bot - box_h, x0 + s * 0.1, bot - box_h + s * 0.1, TRUCK, lc)
-                cv.rect(x0 + w - s * 0.1, bot - box_h, x0 + w, bot - box_h + s * 0.1, TRUCK, lc)
-        elif kind == 5:  # person: legs, torso, arms, head
-            h = s * float(rng.uniform(1.0, 1.3))
-            bw = h * float(rng.uniform(0.24, 0.32))
-            shirt = _pick(rng, st.clothes, j)
-            pants = _pick(rng, st.trousers, j)
-            skin = _pick(rng, st.skin, j * 0.5)
-            leg_top = yb - h * 0.47
-            lw = max(0.7, bw * 0.38)
-            stride = bw * float(rng.uniform(0.0, 0.35))
-            cv.rect(ox - bw * 0.45 - stride, leg_top, ox - bw * 0.45 - stride + lw, yb, PERSON, pants)
-            cv.rect(ox + bw * 0.45 + stride - lw, leg_top, ox + bw * 0.45 + stride, yb, PERSON, pants)
-            torso_top = yb - h * 0.83
-            cv.rect(ox - bw / 2, torso_top, ox + bw / 2, leg_top + 0.5, PERSON, shirt)
-            aw = max(0.7, bw * 0.2)
-            cv.rect(ox - bw / 2 - aw, torso_top + h * 0.02, ox - bw / 2, leg_top + h * 0.05, PERSON, shirt * 0.85)
-            cv.rect(ox + bw / 2, torso_top + h * 0.02, ox + bw / 2 + aw, leg_top + h * 0.05, PERSON, shirt * 0.85)
-            hr = h * 0.085
-            cv.ellipse(ox, torso_top - hr * 0.9, hr, hr * 1.1, PERSON, skin)
-        else:  # animal: horizontal body, four legs, head on a neck
-            L = s * float(rng.uniform(0.5, 0.75))
-            body_h = s * float(rng.uniform(0.22, 0.32))
-            leg_h = s * float(rng.uniform(0.25, 0.4))
-            col = _pick(rng, st.animal, j)
-            cy = yb - leg_h - body_h * 0.6
-            lw = max(0.7, L * 0.09)
-            for fx in (-0.75, -0.45, 0.45, 0.75):
-                cv.rect(ox + fx * L - lw / 2, cy, ox + fx * L + lw / 2, yb, ANIMAL, col * 0.85)
-            cv.ellipse(ox, cy, L, body_h, ANIMAL, col)
-            d = -1.0 if flip else 1.0
-            hx, hy = ox + d * L * 1.05, cy - body_h * 0.9
-            cv.ellipse(ox + d * L * 0.85, cy - body_h * 0.45, L * 0.14, body_h * 0.6, ANIMAL, col)  # neck
-            cv.ellipse(hx, hy, L * 0.22, body_h * 0.45, ANIMAL, col * 0.92)
+        flip = scene.rng.random() < 0.5
+        draw(scene, ox, yb, s, flip)
 
-    # ---- image formation: class textures, lights, haze, illumination, contrast, noise
-    img, lab = cv.image(), cv.lab
-    pivot = float(img.mean())  # contrast pivot
-    lum = st._tex[0][lab] * _smooth_noise(rng, H, W, 10.0 * sc)
-    lum += st._tex[1][lab] * _smooth_noise(rng, H, W, 2.5 * sc)
+
+def _add_texture(scene: _Scene, img: np.ndarray) -> None:
+    """Add the style's smooth and fine per-class luminance texture to ``img`` in place."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    H, W, sc = cv.h, cv.w, scene.scale
+    lum = st._tex[0][cv.lab] * _smooth_noise(rng, H, W, 10.0 * sc)
+    lum += st._tex[1][cv.lab] * _smooth_noise(rng, H, W, 2.5 * sc)
     img += lum[..., None]
-    if st.lights and lights:
-        for gx, gy_, r, c in lights[:12]:
-            box = cv._box(gx - 2.5 * r, gy_ - 2.5 * r, gx + 2.5 * r, gy_ + 2.5 * r)
-            if box is None:
-                continue
-            a, c0, b, d = box
-            d2 = ((xs[:, a:b] - gx) ** 2 + (ys[c0:d] - gy_) ** 2) * (1.0 / (r * r + 1e-3))
-            img[c0:d, a:b] += np.exp(-d2)[..., None] * (np.asarray(c, np.float32) * 0.35)
-    # haze toward the horizon (per row), a linear illumination ramp, per-image gain / white
-    # balance and contrast, folded into one multiply-add: img * mult * gain + offset
+
+
+def _add_glows(scene: _Scene, img: np.ndarray) -> None:
+    """Add a Gaussian glow around the first lamps and vehicle lights to ``img`` in place."""
+    cv = scene.canvas
+    for gx, gy_, r, c in scene.glows[:12]:
+        box = cv._box(gx - 2.5 * r, gy_ - 2.5 * r, gx + 2.5 * r, gy_ + 2.5 * r)
+        if box is None:
+            continue
+        a, c0, b, d = box
+        d2 = ((cv.xs[:, a:b] - gx) ** 2 + (cv.ys[c0:d] - gy_) ** 2) * (1.0 / (r * r + 1e-3))
+        img[c0:d, a:b] += np.exp(-d2)[..., None] * (np.asarray(c, np.float32) * 0.35)
+
+
+def _apply_camera(scene: _Scene, img: np.ndarray, hz: float, pivot: float) -> None:
+    """Apply haze toward the horizon, an illumination ramp, per-image gain / white balance, contrast
+    around ``pivot`` and pixel noise to ``img`` in place, then clip it to 0..255."""
+    st, rng, cv = scene.style, scene.rng, scene.canvas
+    ys, xs, H, W = cv.ys, cv.xs, cv.h, cv.w
+    # folded into one multiply-add: img * mult * gain + offset
     mult = np.ones((H, 1), np.float32)
     haze_w = None
     if st.haze > 0:
@@ -740,8 +856,47 @@ def render_scene(style: str | Style, rng: np.random.Generator, height: int = 96,
     img *= gain * st.contrast
     img += _pixel_noise(rng, img.shape) * st.noise + (pivot * (1.0 - st.contrast)) * gain
     np.clip(img, 0, 255, out=img)
-    return img.astype(np.uint8), lab
 
+
+def render_scene(style: str | Style, rng: np.random.Generator, height: int = 96, width: int = 128
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """Draw one street scene in ``style``.
+
+    The stages run in this order, all drawing from ``rng``::
+
+        hz = _draw_sky(scene)                    # horizon row and sky gradient
+        _draw_buildings(scene, hz)               # facades, windows, roofs along the horizon
+        road = _road_layout(scene, hz)           # vanishing point, road and sidewalk widths
+        _draw_ground(scene, road)                # grass, sidewalks, kerbs, road, markings / ruts
+        objects = _place_objects(scene, road)    # trees, bushes, poles, cars, trucks, people, animals
+        _draw_objects(scene, objects, hz)        # far to near, one _draw_<kind> each
+        _add_texture(scene, img)                 # image formation: per-class texture,
+        _add_glows(scene, img)                   #   light glows (night),
+        _apply_camera(scene, img, hz, pivot)     #   haze, illumination, gain, contrast, noise
+
+    Args:
+        style: a name in :data:`STYLES` or a :class:`Style`.
+        rng: the only source of randomness; the same generator state gives the same scene.
+        height, width: image size in pixels.
+
+    Returns:
+        ``(image, label)``: HxWx3 uint8 RGB and HxW uint8 ids of :data:`SCENE_CLASSES` (ids 0..8
+        are the ``fine`` train ids, 9 is animal); see :func:`scene_to_labels` for the taxonomies.
+    """
+    st = STYLES.get(style) if isinstance(style, str) else style
+    scene = _Scene(st, rng, _Canvas(int(height), int(width)))
+    hz = _draw_sky(scene)
+    _draw_buildings(scene, hz)
+    road = _road_layout(scene, hz)
+    _draw_ground(scene, road)
+    _draw_objects(scene, _place_objects(scene, road), hz)
+    img = scene.canvas.image()
+    pivot = float(img.mean())  # contrast pivot
+    _add_texture(scene, img)
+    if st.lights and scene.glows:
+        _add_glows(scene, img)
+    _apply_camera(scene, img, hz, pivot)
+    return img.astype(np.uint8), scene.canvas.lab
 
 # --------------------------------------------------------------------------------------------
 # Dataset
