@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from univseg.engine.trainer import TrainerHook
+
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 DATA_ROOT = Path(os.environ.get("UNIVSEG_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
@@ -66,15 +68,19 @@ class Killed(Exception):
     """Stands for the process being killed in the middle of training."""
 
 
+class DieAt(TrainerHook):
+    """A trainer hook that kills the run before the step of ``iteration``."""
+
+    def __init__(self, iteration: int) -> None:
+        self.iteration = iteration
+
+    def before_step(self, trainer, iteration: int) -> None:
+        if iteration == self.iteration:
+            raise Killed
+
+
 def run_killed_at(trainer, iteration: int) -> None:
     """Run ``trainer`` but die when it reaches ``iteration`` (checkpoints written before that stay)."""
-    real_step = type(trainer).step
-
-    def dying_step(iteration_now, batches):
-        if iteration_now == iteration:
-            raise Killed
-        return real_step(trainer, iteration_now, batches)
-
-    trainer.step = dying_step
+    trainer.hooks.append(DieAt(iteration))
     with pytest.raises(Killed):
         trainer.run()

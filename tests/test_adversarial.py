@@ -9,9 +9,9 @@ from torch import nn
 
 from conftest import TINY, run_killed_at
 from univseg.config import validate_config
-from univseg.engine.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
-from univseg.engine.checkpoint import load_checkpoint
-from univseg.engine.methods import METHODS, build_method
+from univseg.methods.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
+from univseg.engine.checkpoint import Checkpoint
+from univseg.methods import METHODS, build_method
 from univseg.engine.trainer import Trainer
 
 IGN = 255
@@ -36,9 +36,7 @@ def adv_raw(tiny_raw, **adversarial):
 
 
 def make_trainer(raw, work_dir, resume=False):
-    t = Trainer(validate_config(raw), work_dir, resume=resume, progress=False)
-    t.method.total_iters = t.cfg.train.iters  # the D's poly decay horizon
-    return t
+    return Trainer(validate_config(raw), work_dir, resume=resume, progress=False)
 
 
 def records(work_dir):
@@ -80,7 +78,7 @@ def test_registered_with_paper_defaults():
     assert METHODS.get("adversarial") is AdversarialSemiSupervised
     a = validate_config({"domains": [{"name": "a", "dataset": {"type": "synthetic"}}]}).method.adversarial
     assert (a.lambda_adv, a.lambda_adv_unlabeled, a.lambda_semi, a.t_semi, a.semi_start) == (0.01, 0.001, 0.1, 0.2, 5000)
-    assert (a.lr, tuple(a.betas), a.power, a.ndf) == (1e-4, (0.9, 0.99), 0.9, 64)
+    assert (a.lr, tuple(a.betas), a.ndf) == (1e-4, (0.9, 0.99), 64)
 
 
 @pytest.mark.parametrize("size", [(32, 48), (37, 50), (64, 64)])
@@ -138,7 +136,7 @@ def test_losses_and_discriminator_loss_by_hand():
     adv_unl = sum(bce1(d_logit(unl, i, j)) for i, j in pix) / 4
 
     # before semi_start: no semi term
-    method.prepare(0, None)
+    method.before_step(0, None)
     terms = method.losses(model, batches)
     assert "semi" not in terms
     assert terms["ce_a"].item() == pytest.approx(ce, rel=1e-5)
@@ -153,7 +151,7 @@ def test_losses_and_discriminator_loss_by_hand():
     assert d_loss.item() == pytest.approx(real + fake, rel=1e-5)
 
     # from semi_start on: CE towards the argmax on unlabeled pixels with sigmoid(D) > 0.2
-    method.prepare(1, None)
+    method.before_step(1, None)
     terms = method.losses(model, batches)
     conf = [(i, j) for i, j in pix if 1 / (1 + math.exp(-d_logit(unl, i, j))) > 0.2]
     assert conf == [(0, 0), (0, 1), (1, 0)]
@@ -171,7 +169,7 @@ def test_adversarial_gradient_reaches_the_model_but_not_the_discriminator(tiny_r
 
     def grads(method):
         t.model.zero_grad(set_to_none=True)
-        method.prepare(0, None)
+        method.before_step(0, None)
         method.losses(t.model, batches)["loss"].backward()
         return {n: p.grad.clone() for n, p in t.model.named_parameters() if p.grad is not None}
 
@@ -180,11 +178,14 @@ def test_adversarial_gradient_reaches_the_model_but_not_the_discriminator(tiny_r
     head = "heads.city.weight"
     assert not torch.allclose(with_adv[head], without[head])
     assert any(not torch.allclose(with_adv[n], without[n]) for n in with_adv if n.startswith("encoder."))
-    # the discriminator's own update does get gradients and changes it
+    # the discriminator's own loss, minimised by the trainer's optimizer for it, changes it
     before = {k: v.clone() for k, v in t.method.discriminators.state_dict().items()}
-    out = t.method.after_step(0)
-    assert torch.isfinite(out["d_loss"]) and out["d_loss"] > 0
+    aux = t.method.auxiliary_losses(0)
+    assert set(aux) == {"discriminators"} == set(t.optimizers) - {"model"}
+    assert torch.isfinite(aux["discriminators"]["d_loss"]) and aux["discriminators"]["d_loss"] > 0
+    t._step_auxiliary("discriminators", aux["discriminators"]["loss"])
     assert all(not torch.equal(before[k], v) for k, v in t.method.discriminators.state_dict().items())
+    t.method.losses(t.model, batches)  # the next step's model loss leaves the discriminators frozen again
     assert not any(p.requires_grad for p in t.method.discriminators.parameters())
 
 
@@ -195,7 +196,7 @@ def full_run(tmp_path_factory):
     work_dir = tmp_path_factory.mktemp("adv_full")
     t = make_trainer(adv_raw(copy.deepcopy(TINY)), work_dir)
     assert t.method.needs_unlabeled
-    before = {d: {k: v.clone() for k, v in m.items()} for d, m in t.method.state_dict()["discriminators"].items()}
+    before = {k: v.clone() for k, v in t.method.discriminators.state_dict().items()}
     t.run()
     return work_dir, t, before
 
@@ -211,10 +212,11 @@ def test_training_logs_terms_updates_discriminators_and_decays_its_lr(full_run):
     assert [r["iter"] for r in logs if "semi" in r] == [4, 5, 6]  # semi_start = 3 iterations
     for r in logs:
         assert r["loss"] == pytest.approx(r["sup"] + r["adv"] + r.get("semi", 0.0), rel=1e-5)
-    after = load_checkpoint(work_dir / "latest.pt")["method"]["discriminators"]
-    for d in ("city", "rural"):
-        assert all(not torch.equal(before[d][k], after[d][k]) for k in before[d]), d
-    assert t.method.d_optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 5 / 6) ** 0.9)
+    after = Checkpoint.load(work_dir / "latest.pt").method
+    for k, v in before.items():
+        assert not torch.equal(v, after[f"discriminators.{k}"]), k
+    assert {k.split(".")[0] for k in before} == {"city", "rural"}
+    assert t.optimizers["discriminators"].param_groups[0]["lr"] == pytest.approx(1e-4 * (1 - 5 / 6) ** 0.9)
 
 
 def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(full_run, tiny_raw, tmp_path):
@@ -223,16 +225,16 @@ def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(ful
     full, part = full_run[0], tmp_path / "part"
 
     run_killed_at(make_trainer(raw, part), 4)
-    assert load_checkpoint(part / "latest.pt")["iteration"] == 3
+    assert Checkpoint.load(part / "latest.pt").iteration == 3
     make_trainer(raw, part, resume=True).run()
 
-    a, b = load_checkpoint(full / "latest.pt"), load_checkpoint(part / "latest.pt")
-    assert a["iteration"] == b["iteration"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for d in ("city", "rural"):
-        for k, v in a["method"]["discriminators"][d].items():
-            assert torch.equal(v, b["method"]["discriminators"][d][k]), (d, k)
-    sa, sb = a["method"]["d_optimizer"]["state"], b["method"]["d_optimizer"]["state"]
+    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
+    assert a.iteration == b.iteration == 6
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    assert any(k.startswith("discriminators.rural.") for k in a.method)
+    for k, v in a.method.items():
+        assert torch.equal(v, b.method[k]), k
+    sa, sb = a.optimizers["discriminators"]["state"], b.optimizers["discriminators"]["state"]
     assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
     assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]

@@ -12,7 +12,7 @@ import univseg.models  # noqa: F401  (the package import registers the backbones
 from univseg.models.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
 from univseg.models.backbones import drn as drn_module
 from univseg.models.backbones.resnet import dilate_layer
-from univseg.registry import UnknownNameError
+from univseg.errors import CheckpointError, ConfigError, UnknownNameError
 
 ALL = BACKBONES.names()
 
@@ -79,9 +79,9 @@ def test_unknown_name_lists_names_and_suggests():
 
 
 def test_unknown_option_lists_accepted_ones():
-    with pytest.raises(TypeError, match="width"):
+    with pytest.raises(ConfigError, match="width"):
         build_backbone("resnet18", width=0.5)
-    with pytest.raises(TypeError, match="accepted options: width, dropout"):
+    with pytest.raises(ConfigError, match="accepted options: width, dropout"):
         build_backbone("erfnet", widht=0.5)
 
 
@@ -214,28 +214,28 @@ def test_partial_file_warns_with_missing_and_unexpected_keys(tmp_path):
 
 def test_missing_file_raises_with_the_path(tmp_path):
     path = tmp_path / "nope" / "weights.pth"
-    with pytest.raises(FileNotFoundError, match="nope"):
+    with pytest.raises(CheckpointError, match="nope"):
         build_backbone("erfnet", pretrained=str(path))
 
 
 def test_file_without_matching_keys_raises(tmp_path):
     path = tmp_path / "other.pth"
     torch.save({"foo.weight": torch.zeros(2), "bar.bias": torch.zeros(2)}, path)
-    with pytest.raises(ValueError, match=r"no key .* matches.*foo\.weight"):
+    with pytest.raises(CheckpointError, match=r"no key .* matches.*foo\.weight"):
         build_backbone("resnet18", pretrained=path)
 
 
 def test_shape_mismatch_raises(tmp_path):
     path = tmp_path / "wide.pth"
     torch.save(build_backbone("erfnet").state_dict(), path)
-    with pytest.raises(ValueError, match="wrong shape"):
+    with pytest.raises(CheckpointError, match="wrong shape"):
         build_backbone("erfnet", width=0.5, pretrained=path)
 
 
 def test_file_with_code_is_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"state_dict": build_backbone("erfnet", width=0.25).state_dict(), "cfg": Exploit()}, path)
-    with pytest.raises(ValueError, match="weights_only"):
+    with pytest.raises(CheckpointError, match="weights_only"):
         build_backbone("erfnet", width=0.25, pretrained=path)
 
 

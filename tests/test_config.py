@@ -140,3 +140,38 @@ def test_readme_yaml_examples_validate():
     validate_config(yaml.safe_load(blocks[0]))
     dataset = yaml.safe_load(blocks[1])["dataset"]
     validate_config({"domains": [{"name": "mine", "dataset": dataset}]})
+
+
+def test_dataset_entry_problems_name_the_key(tiny_raw):
+    tiny_raw["domains"][1]["dataset"].pop("type")
+    tiny_raw["domains"][0]["unlabeled"] = {"extra_splits": ["tset"]}
+    with pytest.raises(ConfigError) as e:
+        validate_config(tiny_raw)
+    assert "domains[0].unlabeled.extra_splits[0]: dataset 'synthetic' has no split 'tset'" in str(e.value)
+    del tiny_raw["domains"][0]["unlabeled"]
+    with pytest.raises(ConfigError, match=r"domains\[1\]\.dataset: missing 'type' key\..*Available dataset types: .*synthetic"):
+        validate_config(tiny_raw)
+
+
+def test_lower_layers_never_import_config_or_engine():
+    """data/, models/ and losses/ import neither univseg.config nor univseg.engine (not even lazily)."""
+    import ast
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parents[1] / "src"
+    offending = []
+    for layer in ("data", "models", "losses"):
+        for path in sorted((src / "univseg" / layer).rglob("*.py")):
+            package = list(path.relative_to(src).parent.parts)
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    modules = [a.name for a in node.names]
+                elif isinstance(node, ast.ImportFrom):
+                    base = ".".join(package[: len(package) - node.level + 1]) if node.level else ""
+                    module = ".".join(p for p in (base, node.module) if p)
+                    modules = [module] + [f"{module}.{a.name}" for a in node.names]
+                else:
+                    continue
+                bad = [m for m in modules if m.split(".")[:2] in (["univseg", "config"], ["univseg", "engine"])]
+                offending += [f"{path.relative_to(src)}:{node.lineno}: {m}" for m in bad]
+    assert not offending, "\n".join(offending)

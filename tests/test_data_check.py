@@ -10,9 +10,13 @@ import pytest
 from PIL import Image
 
 from univseg.config import load_config
-from univseg.data.base import DataError
+from univseg.data.base import DataError, FileSegDataset, SegDataset
 from univseg.data.check import check_data
 from univseg.data.domain import build_domain
+from univseg.data.label_space import LabelSpace
+from univseg.data.recipe import select_domain
+from univseg.data.registry import DATASETS, DatasetParams, register_dataset
+from univseg.errors import LabelValueError, MissingFileError, MissingLabelError, UnreadableFileError
 
 DATA_ROOT = Path(os.environ.get("UNIVSEG_DATA_ROOT", Path(__file__).resolve().parents[1] / ".." / "shared" / "data"))
 CLASSES = ["road", "car", "sky"]
@@ -240,6 +244,74 @@ def test_class_absent_and_train_val_overlap_warnings(tmp_path):
     assert ("class_absent", "train") in warns and ("overlap", "val") in warns
     absent = next(p for p in report.warnings if p.kind == "class_absent")
     assert "car" in absent.message and "sky" in absent.message and "road" not in absent.message
+
+
+def test_label_value_error_carries_values_and_pixel_counts(tmp_path):
+    space = LabelSpace.from_names("s", ["a", "b"], void_ids=(255,))
+    raw = np.array([[0, 1, 7, 7], [9, 7, 255, 1]], np.uint8)
+    with pytest.raises(LabelValueError) as e:
+        space.encode(raw, source="lab.png")
+    assert e.value.values == {7: 3, 9: 1} and e.value.path == "lab.png"
+    assert str(e.value).startswith("lab.png: label values [7, 9] are outside label space 's'")
+    path = _save(tmp_path / "l.png", raw)
+    ds = FileSegDataset(space, [_save(tmp_path / "i.png", _rgb(0, 4, 2))], [path])
+    with pytest.raises(LabelValueError) as e:
+        ds.load_label(0)
+    assert e.value.values == {7: 3, 9: 1} and e.value.path == str(path)
+
+
+class _Broken(SegDataset):
+    """Three samples whose labels fail with typed errors carrying fields the messages do not repeat."""
+
+    label_space = LabelSpace.from_names("broken", ["a", "b"])
+    has_labels = True
+    errors = (
+        LabelValueError("opaque 0", path="/x/l0.png", values={300: 7}),
+        MissingLabelError("opaque 1", path="/x/l1.png"),
+        UnreadableFileError("opaque 2", path="/x/l2.png"),
+    )
+
+    def __len__(self) -> int:
+        return len(self.errors)
+
+    def sample_id(self, i: int) -> str:
+        return f"s{i}"
+
+    def load_image(self, i: int) -> np.ndarray:
+        return np.zeros((2, 2, 3), np.uint8)
+
+    def load_label(self, i: int) -> np.ndarray:
+        raise self.errors[i]
+
+
+def test_check_classifies_by_error_type_and_reads_its_fields():
+    register_dataset("broken_for_check", params=DatasetParams, splits=("train", "val"))(lambda params, split: _Broken())
+    try:
+        cfg = load_config(data={"domains": [{"name": "b", "dataset": {"type": "broken_for_check"}}]})
+        report = check_data(cfg, progress=False)
+    finally:
+        DATASETS.unregister("broken_for_check")
+    got = [(p.kind, p.file, p.values, p.message) for p in report.problems if p.split == "train"]
+    assert got == [
+        ("label_values", "/x/l0.png", {300: 7}, "opaque 0"),
+        ("missing_label", "/x/l1.png", None, "opaque 1"),
+        ("unreadable_label", "/x/l2.png", None, "opaque 2"),
+    ]
+
+
+def test_tolerant_recipe_collects_typed_problems(tmp_path):
+    root, folder = tmp_path / "nowhere", tmp_path / "nodir"
+    dcfg = load_config(data={"domains": [{"name": "gone", "dataset": {"type": "camvid", "root": str(root)},
+                                          "unlabeled": {"extra_dirs": [str(folder)]}}]}).domains[0]
+    sel = select_domain(dcfg, 0, 0, tolerant=True)
+    assert [(p.stage, p.split, type(p.error), p.error.path) for p in sel.problems] == [
+        ("split", "train", MissingFileError, str(root)),
+        ("split", "val", MissingFileError, str(root)),
+        ("unlabeled", f"dir:{folder}", MissingFileError, str(folder)),
+    ]
+    assert sel.splits == {} and sel.labeled is None and sel.pool is None
+    with pytest.raises(MissingFileError, match="nowhere"):
+        select_domain(dcfg, 0, 0)
 
 
 # ---------------------------------------------------------------------------------------------

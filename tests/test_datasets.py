@@ -22,9 +22,9 @@ from pydantic import ValidationError
 
 import univseg.data.datasets  # noqa: F401  (registers the adapters)
 from univseg.data.base import DataError
-from univseg.data.datasets import LABEL_SPACES
-from univseg.data.datasets._mappings import mapping_files, read_mapping_file
-from univseg.data.mapping import ClassMapping, builtin_mapping_names
+from univseg.data.datasets._mappings import mapping_files
+from univseg.data.label_space import LABEL_SPACES
+from univseg.data.mapping import ClassMapping, builtin_mapping_names, read_mapping_file
 from univseg.data.registry import DATASETS, build_dataset
 
 H, W = 12, 16  # 192 pixels: room for every raw value of the largest label table (ADE20K: 151)
@@ -497,7 +497,7 @@ def test_unknown_param_is_rejected(written: Written):
 
 def test_cityscapes_official_table_covers_all_ids():
     assert set(range(34)) <= set(CS_LABEL_IDS)
-    space = LABEL_SPACES["cityscapes"]
+    space = LABEL_SPACES.get("cityscapes")
     raw = np.array(sorted(CS_LABEL_IDS), np.uint8)
     np.testing.assert_array_equal(space.encode(raw), [CS_LABEL_IDS[v] for v in sorted(CS_LABEL_IDS)])
     assert space.names[:3] == ["road", "sidewalk", "building"] and space.num_classes == 19
@@ -541,8 +541,9 @@ def test_camvid32_unknown_colour_names_colour(tmp_path):
     write_label(w.root / lab, raw, "RGB")
     ds = w.build("all")
     i = next(i for i in range(len(ds)) if decode_code(ds.load_image(i)) == w.code[img])
-    with pytest.raises(DataError, match=r"\(7, 7, 7\)"):
+    with pytest.raises(DataError, match=r"\(7, 7, 7\)") as e:
         ds.load_label(i)
+    assert e.value.values == {(7, 7, 7): 1} and e.value.path == str(w.root / lab)
 
 
 def test_rgb_label_for_index_dataset_is_an_error(tmp_path):
@@ -658,24 +659,35 @@ def test_empty_split_folder_is_an_error(tmp_path):
 
 def test_label_space_sizes():
     sizes = {"cityscapes": 19, "camvid": 11, "idd_level3": 26, "idd_level1": 7, "sunrgbd": 37, "nyuv2_40": 40,
-             "nyuv2_13": 13, "mapillary_v1.2": 65, "ade20k": 150, "pascal_voc": 21}  # fmt: skip
-    assert {k: LABEL_SPACES[k].num_classes for k in sizes} == sizes
+             "nyuv2_13": 13, "mapillary_v1.2": 65, "ade20k": 150, "pascal_voc": 21,
+             "synthetic-fine": 9, "synthetic-coarse": 8}  # fmt: skip
+    assert {k: LABEL_SPACES.get(k).num_classes for k in sizes} == sizes
+
+
+def test_default_palette_is_the_voc_palette_without_black():
+    from univseg.data.label_space import default_palette, voc_color
+
+    voc = LABEL_SPACES.get("pascal_voc").palette.tolist()
+    assert voc[:3] == [[0, 0, 0], [128, 0, 0], [0, 128, 0]] and voc[15] == [192, 128, 128]
+    assert default_palette(20) == [voc_color(i) for i in range(1, 21)] == [tuple(c) for c in voc[1:]]
 
 
 def test_shipped_mappings_load_against_their_label_spaces():
     files = mapping_files()
     assert {p.name for p in files} >= {"cityscapes_to_camvid.yaml", "cityscapes_to_idd_level1.yaml", "camvid_to_idd_level1.yaml"}
     for path in files:
-        src, dst, table = read_mapping_file(path)
-        m = ClassMapping.from_yaml(path, LABEL_SPACES[src], LABEL_SPACES[dst])
-        assert set(table) == set(LABEL_SPACES[src].names), f"{path.name} leaves source classes out"
-        assert (src, dst) in builtin_mapping_names()
-        assert ClassMapping.builtin(LABEL_SPACES[src], LABEL_SPACES[dst]).lut == m.lut
+        shipped = read_mapping_file(path)
+        src, dst = LABEL_SPACES.get(shipped.source), LABEL_SPACES.get(shipped.target)
+        m = ClassMapping.from_yaml(path, src, dst)
+        assert set(shipped.table) == set(src.names), f"{path.name} leaves source classes out"
+        assert (src.name, dst.name) in builtin_mapping_names()
+        assert ClassMapping.builtin(src, dst).lut == m.lut
 
 
 def test_camvid_to_idd_mapping_is_the_documented_one():
-    m = ClassMapping.builtin(LABEL_SPACES["camvid"], LABEL_SPACES["idd_level1"])
-    got = {LABEL_SPACES["camvid"].names[i]: LABEL_SPACES["idd_level1"].names[t] for i, t in enumerate(m.lut)}
+    camvid, idd = LABEL_SPACES.get("camvid"), LABEL_SPACES.get("idd_level1")
+    m = ClassMapping.builtin(camvid, idd)
+    got = {camvid.names[i]: idd.names[t] for i, t in enumerate(m.lut)}
     assert got == {
         "Sky": "sky", "Building": "far objects", "Tree": "far objects", "Pole": "road side objects",
         "SignSymbol": "road side objects", "Fence": "road side objects", "Road": "drivable", "Pavement": "non-drivable",

@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from univseg.engine.checkpoint import load_checkpoint
+from univseg.engine.checkpoint import Checkpoint
 
 
 def free_port() -> int:
@@ -33,9 +33,9 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = load_checkpoint(work / "latest.pt")
-    assert ckpt["iteration"] == 4
-    assert not any(k.startswith("module.") for k in ckpt["model"])  # the unwrapped model is saved
+    ckpt = Checkpoint.load(work / "latest.pt")
+    assert ckpt.iteration == 4 and ckpt.data["world_size"] == 2
+    assert not any(k.startswith("module.") for k in ckpt.model)  # the unwrapped model is saved
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
     assert [r["iter"] for r in lines if "ent_cross" in r] == [3, 4]  # the unlabeled images went through DDP
@@ -52,3 +52,57 @@ def _ignored(raw, domain):
 
     d = next(d for d in build_domains(validate_config(raw)) if d.name == domain)
     return sum(int((d.val[i]["label"] == 255).sum()) for i in range(len(d.val)))
+
+
+def _bank_batches(step: int, rank: int):
+    """Rank ``rank``'s labeled batch at ``step``: embeddings [2, 3, 4, 4] and labels in 0..3 (255 = ignore)."""
+    g = torch.Generator().manual_seed(100 * step + rank)
+    labels = torch.randint(0, 4, (2, 4, 4), generator=g)
+    labels[0, 0] = 255
+    if rank == 1:
+        labels[labels == 3] = 0  # class 3 appears on rank 0 only
+    return torch.randn(2, 3, 4, 4, generator=g), labels
+
+
+def _initial_sums(rank: int):
+    g = torch.Generator().manual_seed(7 + rank)
+    return torch.randn(4, 3, generator=g), torch.tensor([2.0, 0.0, 1.0, 3.0]) if rank == 0 else torch.tensor([1.0, 0.0, 0.0, 2.0])
+
+
+def _bank_worker(rank: int, world: int, port: int, out: str, steps: int) -> None:
+    import torch.distributed as tdist
+
+    from univseg.losses.centroids import CentroidBank, all_reduce_sums
+
+    tdist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        bank = CentroidBank({"a": 4}, dim=3, mode="ema", momentum=0.9)
+        bank.set_from_sums("a", *all_reduce_sums(*_initial_sums(rank)))  # the initial pass over different images
+        for step in range(steps):
+            bank.update("a", *_bank_batches(step, rank))
+        torch.save(bank.state_dict(), f"{out}/rank{rank}.pt")
+    finally:
+        tdist.destroy_process_group()
+
+
+def test_ema_centroids_are_identical_across_ranks_and_equal_one_process_over_the_union(tmp_path):
+    """Two gloo ranks see different images: every EMA update (and the initial pass) is all-reduced."""
+    from univseg.losses.centroids import CentroidBank
+
+    steps = 4
+    torch.multiprocessing.spawn(_bank_worker, args=(2, free_port(), str(tmp_path), steps), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    for k in r0:
+        assert torch.equal(r0[k], r1[k]), k
+
+    single = CentroidBank({"a": 4}, dim=3, mode="ema", momentum=0.9)
+    (s0, c0), (s1, c1) = _initial_sums(0), _initial_sums(1)
+    single.set_from_sums("a", s0 + s1, c0 + c1)
+    for step in range(steps):
+        (e0, l0), (e1, l1) = _bank_batches(step, 0), _bank_batches(step, 1)
+        single.update("a", torch.cat([e0, e1]), torch.cat([l0, l1]))
+    for k, v in single.state_dict().items():
+        assert torch.allclose(r0[k].float(), v.float(), atol=1e-6), k
+    assert bool(r0["domains.a.valid"].all())
+    # the update did move the centroids away from the initial means
+    assert not torch.allclose(r0["domains.a.centroids"][0], (s0 + s1)[0] / 3)

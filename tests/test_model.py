@@ -78,14 +78,15 @@ def test_conv_head_variant_and_empty_heads():
 
 def test_init_from_checkpoint_copies_encoder_and_keeps_new_head_fresh(tmp_path, tiny_raw):
     from univseg.config import validate_config
-    from univseg.engine.checkpoint import CheckpointError, init_from_checkpoint, save_checkpoint
+    from univseg.engine.checkpoint import Checkpoint, init_from_checkpoint
+    from univseg.errors import CheckpointError
     from univseg.models.universal import build_model
     from univseg.data.synthetic import LABEL_SPACES
 
     cfg = validate_config(tiny_raw)
     src = build_model(cfg.model, {"city": 9})
     ckpt = tmp_path / "src.pt"
-    save_checkpoint(ckpt, {"config": cfg.to_dict(), "label_spaces": {"city": LABEL_SPACES["fine"].to_dict()}, "model": src.state_dict()})
+    Checkpoint(cfg.to_dict(), {"city": LABEL_SPACES["fine"]}, src.state_dict()).save(ckpt)
     torch.manual_seed(1)
     dst = build_model(cfg.model, {"rural": 8})
     before = dst.heads["rural"].weight.clone()

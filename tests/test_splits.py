@@ -9,7 +9,9 @@ from PIL import Image
 
 from univseg.config import load_config
 from univseg.data.base import DataError
+from univseg.data.check import check_data
 from univseg.data.domain import build_domain
+from univseg.data.recipe import EmptySplitError, UnlabeledSplitError
 from univseg.data.split_tool import make_labeled_split, with_labeled_rule, write_split_files
 from univseg.data.splits import match_pool_entries, match_split_entries, read_split_file, select_subset
 
@@ -125,6 +127,41 @@ def test_pool_extra_splits_dirs_and_cap(tiny_raw, tmp_path):
     assert a == [ids[i] for i in select_subset(len(ids), 5, None, capped.seed)]
 
 
+def test_training_split_tool_and_check_share_one_recipe(tiny_raw, tmp_path):
+    """build_domain, `univseg split` and `univseg data check` select the same labeled subset and pool."""
+    tiny_raw["domains"][0]["dataset"]["num_test"] = 3
+    extra = _image_dir(tmp_path / "extra", ["a.png", "sub/b.jpg"])
+    cfg = _cfg(tiny_raw, labeled={"count": 5, "seed": 3},
+               unlabeled={"extra_splits": ["test"], "extra_dirs": [str(extra)], "max_images": 9})
+    dom = build_domain(cfg.domains[0], 0, cfg.seed)
+    sel = make_labeled_split(cfg, "city")
+    assert _ids(dom.labeled) == [sel.train.sample_id(i) for i in sel.labeled]
+    assert _ids(dom.unlabeled) == [ds.sample_id(i) for ds, i in sel.pool]
+    assert any(ds is not sel.train for ds, _ in sel.pool)  # the pool reaches the extra split / folder
+    report = check_data(cfg, max_files=0, progress=False).domain("city")
+    assert (report.labeled_subset, report.unlabeled_pool) == (5, 9)
+
+
+@pytest.mark.parametrize(
+    "domain0, error, kind, text",
+    [
+        ({"dataset": {"num_val": 0}}, EmptySplitError, "empty", "domains[0] (city): val split 'val' is empty"),
+        ({"dataset": {"num_test": 2}, "train_split": "test"}, UnlabeledSplitError, "no_labels",
+         "domains[0] (city): train split 'test' has no labels; it cannot provide the labeled subset"),
+    ],
+)
+def test_split_level_problems_read_the_same_everywhere(tiny_raw, domain0, error, kind, text):
+    tiny_raw["domains"][0]["dataset"].update(domain0.pop("dataset"))
+    cfg = _cfg(tiny_raw, **domain0)
+    with pytest.raises(error) as built:
+        build_domain(cfg.domains[0], 0, cfg.seed)
+    with pytest.raises(error) as split:
+        make_labeled_split(cfg, "city")
+    problems = check_data(cfg, max_files=0, progress=False).domain("city").problems
+    assert [(p.kind, p.message) for p in problems] == [(kind, text)]
+    assert str(built.value) == str(split.value) == text
+
+
 def test_count_larger_than_split_names_domain(tiny_raw):
     cfg = _cfg(tiny_raw, labeled={"count": 50})
     with pytest.raises(DataError, match=r"\(city\)\.labeled: asked for 50 images but only 12.*split 'train'"):
@@ -209,12 +246,10 @@ def test_unknown_split_file_entries_name_file_and_entries(tiny_raw, tmp_path):
 
 
 def test_ambiguous_file_name_entry_is_an_error(tmp_path):
-    from univseg.config import dataset_params, load_config as lc
-    from univseg.data.registry import build_dataset
+    from univseg.data.registry import resolve_dataset
 
     ds_cfg = _folder_dataset(tmp_path / "data", ["x.png", "sub/x.png", "a/w.png", "b/w.jpg", "y.png"], ["v.png"])
-    cfg = lc(data={"domains": [{"name": "d", "dataset": ds_cfg}]})
-    train = build_dataset("folder", dataset_params(cfg.domains[0]), "train")
+    train = resolve_dataset(ds_cfg, "dataset").build("train")
     paths = [p.relative_to(tmp_path / "data/images/train").as_posix() for p in train.images]
     assert match_split_entries(train, ["x.png"], "f") == [paths.index("x.png")]  # exact relative path wins
     assert match_split_entries(train, ["x"], "f") == [paths.index("x.png")]  # sample id of x.png

@@ -6,7 +6,8 @@ import torch
 from conftest import run_killed_at
 
 from univseg.config import validate_config
-from univseg.engine.checkpoint import CheckpointError, load_checkpoint
+from univseg.engine.checkpoint import Checkpoint
+from univseg.errors import CheckpointError
 from univseg.engine.trainer import Trainer, poly_lr
 
 
@@ -43,10 +44,11 @@ def test_short_run_lowers_the_loss_and_writes_everything(tiny_raw, tmp_path):
     assert [r["iter"] for r in evals] == [15, 30]
     assert set(results["domains"]) == {"city", "rural"}
     assert 0 < results["mean_mIoU"] <= 1
-    ckpt = load_checkpoint(tmp_path / "latest.pt")
-    assert ckpt["iteration"] == 30 and set(ckpt["label_spaces"]) == {"city", "rural"}
-    best = load_checkpoint(tmp_path / "best.pt")
-    assert best["best"]["mean_mIoU"] == max(r["mean_mIoU"] for r in evals)
+    ckpt = Checkpoint.load(tmp_path / "latest.pt")
+    assert ckpt.iteration == 30 and set(ckpt.label_spaces) == {"city", "rural"}
+    assert ckpt.data == {"seed": 0, "world_size": 1} and set(ckpt.optimizers) == {"model"}
+    best = Checkpoint.load(tmp_path / "best.pt")
+    assert best.best["mean_mIoU"] == max(r["mean_mIoU"] for r in evals)
 
 
 def test_resume_after_kill_equals_uninterrupted_run(tiny_raw, tmp_path):
@@ -56,15 +58,16 @@ def test_resume_after_kill_equals_uninterrupted_run(tiny_raw, tmp_path):
 
     part = tmp_path / "part"
     run_killed_at(Trainer(validate_config(tiny_raw), part, progress=False), 4)
-    assert load_checkpoint(part / "latest.pt")["iteration"] == 3
+    assert Checkpoint.load(part / "latest.pt").iteration == 3
     train(tiny_raw, part, resume=True)
 
-    a, b = load_checkpoint(full / "latest.pt"), load_checkpoint(part / "latest.pt")
-    assert a["iteration"] == b["iteration"] == 6
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
-    for d in ("city", "rural"):
-        assert torch.equal(a["method"]["centroids"]["centroids"][d], b["method"]["centroids"]["centroids"][d])
+    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
+    assert a.iteration == b.iteration == 6
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    assert {"bank.domains.city.centroids", "bank.domains.rural.centroids"} <= set(a.method)
+    for k in a.method:
+        assert torch.equal(a.method[k], b.method[k]), k
     # the metrics log holds each iteration once, as if never interrupted
     assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]
 
@@ -81,7 +84,7 @@ def test_resume_refuses_incompatible_checkpoint(tiny_raw, tmp_path):
 
 
 def test_resume_without_checkpoint_says_what_to_do(tiny_raw, tmp_path):
-    with pytest.raises(FileNotFoundError, match="no checkpoint at .*latest.pt"):
+    with pytest.raises(CheckpointError, match="no checkpoint at .*latest.pt"):
         Trainer(validate_config(tiny_raw), tmp_path, resume=True, progress=False)
 
 
@@ -103,17 +106,15 @@ def test_methods_produce_finite_moving_losses(tiny_raw, tmp_path, method, simila
     assert [r["iter"] for r in aligned] == [3, 4, 5, 6]  # entropy terms start after warm-up (2 iterations)
     assert all(r["ent_cross"] > 0 for r in aligned)
     assert ("ent_within" in aligned[0]) == (method == "univ-full")
-    ckpt = load_checkpoint(tmp_path / "latest.pt")
-    bank = ckpt["method"]["centroids"]
-    assert bank["ready"] and bank["mode"] == mode
-    assert bank["valid"]["city"].any() and torch.isfinite(bank["centroids"]["city"]).all()
+    state = Checkpoint.load(tmp_path / "latest.pt").method
+    assert bool(state["bank.initialised"])
+    assert state["bank.domains.city.valid"].any() and torch.isfinite(state["bank.domains.city.centroids"]).all()
 
 
 def test_single_method_trains_one_head_and_is_scored_everywhere_via_mapping(tiny_raw, tmp_path):
     tiny_raw["method"].update({"name": "single", "domains": ["city"]})
     results = train(tiny_raw, tmp_path)
-    ckpt = load_checkpoint(tmp_path / "latest.pt")
-    assert list(ckpt["label_spaces"]) == ["city"]
+    assert list(Checkpoint.load(tmp_path / "latest.pt").label_spaces) == ["city"]
     assert results["domains"]["city"]["head"] == "city"
     assert results["domains"]["rural"]["head"] == "city via synthetic-fine->synthetic-coarse"
     assert results["domains"]["rural"]["mIoU"] is not None
@@ -130,7 +131,7 @@ def test_single_with_two_domains_is_a_config_error(tiny_raw, tmp_path):
 @pytest.mark.parametrize("mode", ["together", "separate"])
 def test_unlabeled_images_share_or_get_their_own_encoder_pass(mode):
     from univseg.data.label_space import ClassInfo, LabelSpace
-    from univseg.engine.methods import build_method
+    from univseg.methods import build_method
 
     cfg = validate_config({"domains": [{"name": "a", "dataset": {"type": "synthetic"}}], "method": {"unlabeled_forward": mode}})
     ls = LabelSpace("two", (ClassInfo("x", (0, 0, 0)), ClassInfo("y", (1, 1, 1))), ignore_index=255)
@@ -142,12 +143,63 @@ def test_unlabeled_images_share_or_get_their_own_encoder_pass(mode):
         calls.append((inputs["a"], embed))
         return {"a": {}}
 
-    _, n = method.forward(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, True, True)
+    _, n = method.run_model(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, True, True)
     assert n == {"a": 2} and len(calls) == 1 and calls[0][1] is True
     sent = calls[0][0]
     if mode == "separate":
         assert isinstance(sent, list) and sent[0] is labeled and sent[1] is unlabeled
     else:
         assert torch.equal(sent, torch.cat([labeled, unlabeled]))
-    method.forward(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, False, False)
+    method.run_model(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, False, False)
     assert calls[1][0] is labeled  # before warm-up ends the unlabeled images are not forwarded at all
+
+
+def test_hooks_see_every_step_and_evaluation_in_order(tiny_raw, tmp_path):
+    from univseg.engine.trainer import TrainerHook
+
+    class Recorder(TrainerHook):
+        def __init__(self):
+            self.calls = []
+
+        def before_step(self, trainer, iteration):
+            self.calls.append(("before", iteration))
+
+        def after_step(self, trainer, iteration, terms):
+            assert terms["lr"] == trainer.optimizers["model"].param_groups[0]["lr"]
+            self.calls.append(("after", iteration, round(terms["loss"], 6)))
+
+        def after_eval(self, trainer, iteration, results):
+            self.calls.append(("eval", iteration, results["mean_mIoU"]))
+
+    tiny_raw["method"]["name"] = "joint"
+    rec = Recorder()
+    results = Trainer(validate_config(tiny_raw), tmp_path, progress=False, hooks=[rec]).run()
+    kinds = [(c[0], c[1]) for c in rec.calls]
+    steps = [x for t in range(6) for x in (("before", t), ("after", t))]
+    assert kinds == steps[:6] + [("eval", 3)] + steps[6:] + [("eval", 6)]
+    assert rec.calls[-1][2] == results["mean_mIoU"]
+    logged = [r["loss"] for r in records(tmp_path) if "loss" in r]
+    assert [c[2] for c in rec.calls if c[0] == "after"] == [round(v, 6) for v in logged]
+
+
+@pytest.mark.parametrize("name", __import__("univseg.methods", fromlist=["METHODS"]).METHODS.names())
+def test_every_registered_method_trains_saves_and_restores_its_state(name, tiny_raw, tmp_path):
+    """Registry-driven: each method trains with finite terms; its module state and every optimizer
+    it needs are in the checkpoint and come back on resume."""
+    tiny_raw["method"].update({"name": name, "warmup_iters": 1})
+    if name == "single":
+        tiny_raw["method"]["domains"] = ["city"]
+    if name == "adversarial":
+        tiny_raw["method"]["adversarial"] = {"ndf": 2, "semi_start": 1}
+    tiny_raw["train"].update({"iters": 3, "eval_interval": 0})
+    trainer = Trainer(validate_config(tiny_raw), tmp_path, progress=False)
+    trainer.run()
+    logs = [r for r in records(tmp_path) if "loss" in r]
+    assert len(logs) == 3 and all(torch.isfinite(torch.tensor(v)) for r in logs for v in r.values())
+    saved = Checkpoint.load(tmp_path / "latest.pt")
+    assert set(saved.optimizers) == set(trainer.optimizers) and set(saved.method) == set(trainer.method.state_dict())
+    resumed = Trainer(validate_config(tiny_raw), tmp_path, resume=True, progress=False)
+    for k, v in trainer.method.state_dict().items():
+        assert torch.equal(resumed.method.state_dict()[k], v), k
+    for opt_name, opt in trainer.optimizers.items():
+        assert resumed.optimizers[opt_name].state_dict()["param_groups"] == opt.state_dict()["param_groups"]

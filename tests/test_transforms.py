@@ -388,7 +388,7 @@ def test_unknown_type_suggests():
 
 def test_unknown_key_suggests():
     msg = error_of([{"type": "random_crop", "sise": [4, 4]}])
-    assert "transforms[0].sise: unknown key 'sise'" in msg
+    assert "transforms[0].sise: unknown key." in msg
     assert "Did you mean 'size'" in msg
     assert "transforms[0].size: missing required key" in msg
 

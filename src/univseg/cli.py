@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
-from .config import ConfigError, packaged_configs, resolve_config_path
+from .config import packaged_configs, resolve_config_path
+from .errors import ConfigError, DownloadError, GatedDatasetError, UnivsegError, UnknownNameError
 
 EXIT_USAGE = 2
 
@@ -45,7 +46,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .data.domain import build_domains
     from .engine.evaluator import evaluate, results_table
     from .engine.predictor import Predictor
-    from .registry import UnknownNameError
     from .utils.files import atomic_write_json
 
     cfg = _load(args)
@@ -55,7 +55,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         wanted = set(args.domains)
         unknown = wanted - {d.name for d in domains}
         if unknown:
-            raise UnknownNameError(f"--domains: unknown {sorted(unknown)}; domains: {', '.join(d.name for d in domains)}")
+            raise UnknownNameError(
+                f"--domains: unknown {sorted(unknown)}; domains: {', '.join(d.name for d in domains)}", key="--domains"
+            )
         domains = [d for d in domains if d.name in wanted]
     results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.train.amp, progress=not args.no_progress)
     results["checkpoint"] = str(args.checkpoint)
@@ -104,19 +106,19 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 
 
 def cmd_data_download(args: argparse.Namespace) -> int:
-    from .data.download import DOWNLOADS, DownloadError, GatedDatasetError, describe, download_dataset
+    from .data.download import DOWNLOADS, describe, download_dataset
 
     if args.list or not args.name:
         print("\n\n".join(describe(n) for n in DOWNLOADS.names()))
         return 0 if args.list else EXIT_USAGE
     if args.root is None:
-        raise ConfigError("--root is required: the folder that will hold the dataset")
+        raise ConfigError("--root is required: the folder that will hold the dataset", key="--root")
     try:
         path = download_dataset(args.name, Path(args.root), force=args.force, progress=not args.no_progress)
     except GatedDatasetError as e:
         print(str(e), file=sys.stderr)
         return EXIT_USAGE
-    except DownloadError as e:
+    except DownloadError as e:  # the network or the server, not the user's input
         print(f"univseg data download: error: {e}", file=sys.stderr)
         return 1
     print(f"{args.name} is ready in {path} (use it as the dataset's root)")
@@ -149,6 +151,7 @@ def build_parser() -> argparse.ArgumentParser:
         f"({', '.join(packaged_configs())}).",
     )
     p.add_argument("--version", action="version", version=f"univseg {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the full traceback of errors (for bug reports)")
     sub = p.add_subparsers(dest="verb", metavar="VERB")
 
     def verb(name: str, func: Callable[[argparse.Namespace], int], help: str, description: str, parent=sub) -> argparse.ArgumentParser:
@@ -247,14 +250,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
-    from .config import ConfigError
-    from .data.base import DataError
-    from .engine.checkpoint import CheckpointError
-    from .registry import UnknownNameError
-
     try:
         return args.func(args)
-    except (ConfigError, DataError, CheckpointError, UnknownNameError, FileNotFoundError) as e:
+    except UnivsegError as e:
+        if args.debug:
+            raise
         print(f"univseg {args.verb}: error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

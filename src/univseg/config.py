@@ -1,12 +1,12 @@
 """Experiment configuration: YAML files validated into typed objects, with dotted overrides.
 
-Every key is declared once below with a one-line description. Unknown keys and wrong types are
-rejected with the dotted path of the offending key and, for typos, the closest valid key.
+Every key is declared once with a one-line description: below, or for a domain in
+:mod:`univseg.data.domain_config` (re-exported here). Unknown keys and wrong types are rejected
+with the dotted path of the offending key and, for typos, the closest valid key.
 Strings may reference environment variables as ``${NAME}`` or ``${NAME:-default}``.
 """
 from __future__ import annotations
 
-import difflib
 import os
 import re
 from importlib import resources
@@ -14,62 +14,16 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import Field, ValidationError, model_validator
 
-from .registry import UnknownNameError, suggest
-
-
-class ConfigError(ValueError):
-    """A configuration problem; the message names the key (dotted path) and what to do."""
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+from .data.domain_config import DomainConfig, LabeledConfig, UnlabeledConfig  # noqa: F401  (the domain schema, re-exported)
+from .data.registry import check_split, resolve_dataset
+from .errors import ConfigError, UnknownNameError
+from .registry import suggest
+from .validation import StrictModel, dotted, error_lines
 
 
-class LabeledConfig(_Strict):
-    """Which images of the train split are labeled. At most one of count / fraction / split_file."""
-
-    count: Optional[int] = Field(None, ge=1, description="number of labeled images, drawn deterministically")
-    fraction: Optional[float] = Field(None, gt=0, le=1, description="fraction of the train split that is labeled")
-    split_file: Optional[Path] = Field(None, description="list file of labeled images ('image [label]' per line)")
-    seed: Optional[int] = Field(None, description="selection seed (default: the experiment seed)")
-
-    @model_validator(mode="after")
-    def _one_rule(self) -> "LabeledConfig":
-        given = [k for k in ("count", "fraction", "split_file") if getattr(self, k) is not None]
-        if len(given) > 1:
-            raise ValueError(f"give only one of count / fraction / split_file, not {' and '.join(given)}")
-        return self
-
-
-class UnlabeledConfig(_Strict):
-    """The pool of unlabeled images of a domain (their labels, if any, are never read)."""
-
-    use_train: bool = Field(True, description="use the train split's images as unlabeled data")
-    include_labeled: bool = Field(False, description="keep the labeled images in the unlabeled pool too")
-    extra_splits: list[str] = Field(default_factory=list, description="more splits of the dataset used unlabeled (e.g. test)")
-    extra_dirs: list[Path] = Field(default_factory=list, description="folders of extra unlabeled images (searched recursively)")
-    split_file: Optional[Path] = Field(None, description="list file of unlabeled images, replacing the rules above")
-    max_images: Optional[int] = Field(None, ge=1, description="cap on the pool size (deterministic subset)")
-
-
-class DomainConfig(_Strict):
-    """One domain: a dataset, its label space, labeled subset, unlabeled pool and val split."""
-
-    name: str = Field(..., pattern=r"^[A-Za-z0-9_\-]+$", description="domain id; also names its head and result columns")
-    dataset: dict[str, Any] = Field(..., description="{type: <registered dataset>, ...that dataset's own keys}")
-    train_split: str = Field("train", description="split providing labeled and unlabeled training images")
-    val_split: str = Field("val", description="split used for evaluation")
-    labeled: LabeledConfig = Field(default_factory=LabeledConfig, description="labeled subset rule (default: all)")
-    unlabeled: UnlabeledConfig = Field(default_factory=UnlabeledConfig, description="unlabeled pool rule")
-    batch_size: int = Field(4, ge=1, description="labeled images per step")
-    unlabeled_batch_size: int = Field(4, ge=0, description="unlabeled images per step (0: none)")
-    train_transforms: list[dict[str, Any]] = Field(default_factory=list, description="augmentations for training images")
-    val_transforms: list[dict[str, Any]] = Field(default_factory=list, description="transforms for evaluation images")
-
-
-class ModelConfig(_Strict):
+class ModelConfig(StrictModel):
     """The universal model: shared encoder, one head per domain, shared embedding head."""
 
     backbone: str = Field("erfnet", description="registered backbone name")
@@ -84,14 +38,14 @@ class ModelConfig(_Strict):
     std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="input normalisation std (0..255 scale)")
 
 
-class CentroidConfig(_Strict):
+class CentroidConfig(StrictModel):
     """The class-centroid bank used by the entropy alignment losses."""
 
     mode: Literal["frozen", "ema"] = Field("ema", description="frozen after warm-up (paper) or EMA-updated every step")
     momentum: float = Field(0.99, ge=0, lt=1, description="EMA momentum (ema mode)")
 
 
-class AdversarialConfig(_Strict):
+class AdversarialConfig(StrictModel):
     """The 'adversarial' baseline (Hung et al., BMVC 2018); defaults are the paper's (Sec. 4.2) and its code."""
 
     lambda_adv: float = Field(0.01, ge=0, description="weight of the adversarial loss on labeled images (lambda_adv)")
@@ -100,12 +54,11 @@ class AdversarialConfig(_Strict):
     t_semi: float = Field(0.2, ge=0, le=1, description="discriminator confidence above which unlabeled pixels self-train (T_semi)")
     semi_start: int = Field(5000, ge=0, description="iterations before the self-training loss starts")
     ndf: int = Field(64, ge=1, description="discriminator width: its convs have ndf, 2ndf, 4ndf, 8ndf channels")
-    lr: float = Field(1e-4, gt=0, description="discriminator Adam learning rate (poly-decayed like the model's)")
+    lr: float = Field(1e-4, gt=0, description="discriminator Adam learning rate at iteration 0 (follows train.schedule)")
     betas: tuple[float, float] = Field((0.9, 0.99), description="discriminator Adam betas")
-    power: float = Field(0.9, ge=0, description="poly decay power of the discriminator learning rate")
 
 
-class MethodConfig(_Strict):
+class MethodConfig(StrictModel):
     """The training method and its loss weights."""
 
     name: str = Field("univ-full", description="single | joint | univ-cross | univ-full")
@@ -129,7 +82,7 @@ class MethodConfig(_Strict):
     )
 
 
-class OptimizerConfig(_Strict):
+class OptimizerConfig(StrictModel):
     type: Literal["sgd", "adamw"] = Field("sgd", description="optimizer")
     lr: float = Field(0.01, gt=0, description="base learning rate")
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
@@ -137,14 +90,14 @@ class OptimizerConfig(_Strict):
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
 
 
-class ScheduleConfig(_Strict):
+class ScheduleConfig(StrictModel):
     power: float = Field(0.9, ge=0, description="poly decay power: lr * (1 - t/T)^power")
     warmup_iters: int = Field(0, ge=0, description="linear LR warm-up iterations")
     warmup_ratio: float = Field(0.1, gt=0, le=1, description="LR factor at the start of the warm-up")
     min_lr: float = Field(0.0, ge=0, description="floor of the decayed learning rate")
 
 
-class TrainConfig(_Strict):
+class TrainConfig(StrictModel):
     iters: int = Field(1000, ge=1, description="training iterations (one labeled + unlabeled batch per domain each)")
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig, description="optimizer settings")
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig, description="learning-rate schedule")
@@ -159,7 +112,7 @@ class TrainConfig(_Strict):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
-class EvalConfig(_Strict):
+class EvalConfig(StrictModel):
     batch_size: int = Field(4, ge=1, description="images per evaluation batch")
     max_images: Optional[int] = Field(None, ge=1, description="evaluate only the first N val images of each domain")
     mappings: dict[str, Path] = Field(
@@ -167,7 +120,7 @@ class EvalConfig(_Strict):
     )
 
 
-class ExperimentConfig(_Strict):
+class ExperimentConfig(StrictModel):
     """What 'univseg experiment' compares (rows of the results table)."""
 
     methods: Optional[list[str]] = Field(
@@ -176,7 +129,7 @@ class ExperimentConfig(_Strict):
     seeds: list[int] = Field(default_factory=list, description="seeds to repeat every method with (default: [seed])")
 
 
-class Config(_Strict):
+class Config(StrictModel):
     """A whole experiment."""
 
     name: str = Field("experiment", description="experiment name")
@@ -328,106 +281,45 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> Config:
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, Config)) from None
+        raise ConfigError(_invalid(source, "\n".join(error_lines(e, Config)))) from None
     _validate_registered_parts(cfg, source)
     return cfg
 
 
+def _invalid(source: str, problems: str) -> str:
+    """The message of an invalid config: the file, then one indented ``key: problem`` line per problem."""
+    return f"{source}: invalid configuration:\n  " + problems.replace("\n", "\n  ")
+
+
 def _validate_registered_parts(cfg: Config, source: str) -> None:
-    from .data import DATASETS
-    from .data.transforms import build_transforms
-    from .engine.methods import METHODS
+    from .methods import METHODS
 
     try:
         METHODS.get(cfg.method.name)
     except UnknownNameError as e:
         raise ConfigError(f"{source}: method.name: {e}") from None
     for i, d in enumerate(cfg.domains):
-        where = f"domains[{i}]"
-        params = dict(d.dataset)
-        type_name = params.pop("type", None)
-        if type_name is None:
-            raise ConfigError(f"{source}: {where}.dataset.type is missing; available: {', '.join(DATASETS.names())}")
         try:
-            spec = DATASETS.get(type_name)
-        except UnknownNameError as e:
-            raise ConfigError(f"{source}: {where}.dataset.type: {e}") from None
+            _validate_domain_parts(d, f"domains[{i}]")
+        except ConfigError as e:
+            raise ConfigError(_invalid(source, str(e)), key=e.key) from None
+
+
+def _validate_domain_parts(d: DomainConfig, where: str) -> None:
+    """Validate the registry-typed parts of domain ``d`` (at key path ``where``): its dataset entry,
+    the split names it uses and its transforms; raises ConfigError naming the key."""
+    from .data.transforms import build_transforms  # imports torch: only when validating
+
+    dataset = resolve_dataset(d.dataset, f"{where}.dataset")
+    uses = [("train_split", d.train_split), ("val_split", d.val_split)]
+    uses += [(f"unlabeled.extra_splits[{k}]", split) for k, split in enumerate(d.unlabeled.extra_splits)]
+    for key, split in uses:
         try:
-            spec.params.model_validate(params)
-        except ValidationError as e:
-            raise ConfigError(format_validation_error(e, source, spec.params, prefix=f"{where}.dataset")) from None
-        for split in [d.train_split, d.val_split, *d.unlabeled.extra_splits]:
-            if split not in spec.splits:
-                raise ConfigError(f"{source}: {where}: dataset '{type_name}' has no split '{split}'; splits: {', '.join(spec.splits)}")
-        for key in ("train_transforms", "val_transforms"):
-            try:
-                build_transforms(getattr(d, key), where=f"{where}.{key}")
-            except ValueError as e:
-                raise ConfigError(f"{source}: {e}") from None
-
-
-def dataset_params(domain: DomainConfig):
-    """The validated parameter object of a domain's dataset."""
-    from .data import DATASETS
-
-    params = dict(domain.dataset)
-    spec = DATASETS.get(params.pop("type"))
-    return spec.params.model_validate(params)
-
-
-def format_validation_error(err: ValidationError, source: str, model: type[BaseModel], prefix: str = "") -> str:
-    """Turn pydantic errors into 'file: a.b[0].c: message' lines with typo suggestions."""
-    lines = []
-    for e in err.errors():
-        loc = e["loc"]
-        path = _dotted(loc, prefix)
-        if e["type"] == "extra_forbidden":
-            valid = _fields_at(model, loc[:-1])
-            close = difflib.get_close_matches(str(loc[-1]), valid, n=1, cutoff=0.5)
-            hint = f" Did you mean '{close[0]}'?" if close else ""
-            lines.append(f"{path}: unknown key.{hint} Valid keys here: {', '.join(valid)}")
-        elif e["type"] == "missing":
-            lines.append(f"{path}: required key is missing")
-        else:
-            got = e.get("input")
-            shown = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-            lines.append(f"{path}: {e['msg']}{shown}")
-    return f"{source}: invalid configuration:\n  " + "\n  ".join(lines)
-
-
-def _dotted(loc: tuple, prefix: str) -> str:
-    out = prefix
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "<top level>"
-
-
-def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
-    """Field names of the (sub)model reached by following ``loc`` from ``model``."""
-    current: Any = model
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if not (isinstance(current, type) and issubclass(current, BaseModel)) or part not in current.model_fields:
-            return []
-        current = _model_type(current.model_fields[part].annotation)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return sorted(current.model_fields)
-    return []
-
-
-def _model_type(annotation: Any) -> Any:
-    """The BaseModel inside an annotation such as ``Foo``, ``list[Foo]`` or ``Optional[Foo]``."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    for arg in getattr(annotation, "__args__", ()) or ():
-        found = _model_type(arg)
-        if found is not None:
-            return found
-    return None
+            check_split(dataset.type_name, split)
+        except ConfigError as e:
+            raise ConfigError(f"{where}.{key}: {e}", key=f"{where}.{key}") from None
+    for key in ("train_transforms", "val_transforms"):
+        build_transforms(getattr(d, key), where=f"{where}.{key}")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:
@@ -448,7 +340,7 @@ def config_changes(old: Config, new: Config) -> list[str]:
     changes: list[str] = []
 
     def walk(a: Any, b: Any, loc: tuple) -> None:
-        key = _dotted(loc, "")
+        key = dotted(loc)
         if RESULT_NEUTRAL_KEYS.match(key):
             return
         if isinstance(a, dict) and isinstance(b, dict):

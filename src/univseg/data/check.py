@@ -24,7 +24,6 @@ subset, the same image in the train and val splits).
 """
 from __future__ import annotations
 
-import re
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
@@ -34,11 +33,11 @@ from typing import Any, Literal, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .base import DataError, FileSegDataset, SegDataset, read_label
-from .datasets._common import NativeSegDataset, collect_missing_labels
-from .domain import image_folder_dataset, labeled_indices, unlabeled_pool
+from ..errors import LabelValueError, MissingFileError, SizeMismatchError, UnivsegError
+from .base import FileSegDataset, SegDataset, check_same_size
+from .domain_config import DomainConfig
 from .label_space import LabelSpace
-from .registry import build_dataset
+from .recipe import EmptySplitError, RecipeProblem, UnlabeledSplitError, select_domain
 
 Severity = Literal["error", "warning"]
 
@@ -69,7 +68,7 @@ class Problem:
     severity: Severity = "error"
     split: str | None = None
     file: str | None = None
-    values: dict[int, int] | None = None  # label_values: raw value -> pixel count (when known)
+    values: dict[Any, int] | None = None  # label_values: raw value (or colour) -> pixel count
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -183,7 +182,7 @@ class DomainReport:
         return next((s for s in self.splits if s.name == name), None)
 
     def add(self, kind: str, message: str, *, severity: Severity = "error", split: str | None = None,
-            file: str | Path | None = None, values: dict[int, int] | None = None) -> None:
+            file: str | Path | None = None, values: dict[Any, int] | None = None) -> None:
         self.problems.append(Problem(self.name, kind, message, severity, split, None if file is None else str(file), values))
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,9 +262,6 @@ class DataReport:
 # the check
 # ----------------------------------------------------------------------------------------------
 
-_CAUGHT = (DataError, ValueError, OSError)
-
-
 def check_data(cfg, *, max_files: int | None = None, progress: bool = True) -> DataReport:
     """Check every domain of Config ``cfg``: counts, sizes, class pixels and all problems.
 
@@ -281,103 +277,83 @@ def check_data(cfg, *, max_files: int | None = None, progress: bool = True) -> D
     if max_files is not None and max_files < 0:
         raise ValueError(f"max_files must be >= 0, got {max_files}")
     return DataReport(
-        [check_domain(d, cfg.seed, max_files=max_files, progress=progress) for d in cfg.domains],
+        [check_domain(d, i, cfg.seed, max_files=max_files, progress=progress) for i, d in enumerate(cfg.domains)],
         max_files=max_files,
     )
 
 
-def check_domain(dcfg, seed: int, *, max_files: int | None = None, progress: bool = True) -> DomainReport:
-    """Check one DomainConfig (see :func:`check_data`); ``seed`` is the experiment seed."""
-    from ..config import dataset_params  # local import: config imports data
+def check_domain(dcfg: DomainConfig, index: int, seed: int, *, max_files: int | None = None,
+                 progress: bool = True) -> DomainReport:
+    """Check domain ``dcfg``, at position ``index`` of the experiment (see :func:`check_data`).
 
-    rep = DomainReport(name=dcfg.name, dataset=str(dcfg.dataset.get("type")), labeled_rule=_rule(dcfg))
-    try:
-        params = dataset_params(dcfg)
-    except Exception as e:  # an unvalidated config: report, do not crash the other domains
-        rep.add("build", f"invalid dataset parameters: {e}")
-        return rep
-    type_name = dcfg.dataset["type"]
-    u = dcfg.unlabeled
+    ``seed`` is the experiment seed; the splits, labeled subset and unlabeled pool come from the
+    tolerant recipe (:func:`univseg.data.recipe.select_domain`), whose problems are all reported.
+    """
+    sel = select_domain(dcfg, index, seed, tolerant=True)
+    rep = DomainReport(name=dcfg.name, dataset=str(dcfg.dataset.get("type")), label_space=sel.label_space,
+                       labeled_rule=_rule(dcfg))
+    _add_recipe_problems(rep, sel.problems)
+    rep.labeled_subset = None if sel.labeled is None else len(sel.labeled)
+    rep.unlabeled_pool = None if sel.pool is None else len(sel.pool)
 
-    # ---- build each split once, collecting missing labels instead of failing on them
-    built: dict[str, SegDataset] = {}
-    missing: dict[str, dict[str, Path]] = {}
-    split_names = list(dict.fromkeys([dcfg.train_split, dcfg.val_split, *u.extra_splits]))
-    for split in split_names:
-        try:
-            with collect_missing_labels() as lost:
-                built[split] = build_dataset(type_name, params, split)
-            missing[split] = {str(im): lab for im, lab in lost}
-        except _CAUGHT as e:
-            _add_build_problem(rep, split, e)
-
-    train, val = built.get(dcfg.train_split), built.get(dcfg.val_split)
-    for ds in (train, val, *built.values()):
-        if ds is not None:
-            rep.label_space = ds.label_space
-            break
-
-    # ---- split-level checks (the same conditions that stop build_domain)
-    for ds, split, what in ((train, dcfg.train_split, "it cannot provide the labeled subset"),
-                            (val, dcfg.val_split, "pick a labeled split for evaluation")):
-        if ds is None:
-            continue
-        if len(ds) == 0:
-            rep.add("empty", f"split '{split}' is empty", split=split)
-        elif not ds.has_labels:
-            rep.add("no_labels", f"split '{split}' has no labels; {what}", split=split)
-
-    # ---- labeled subset and unlabeled pool, by the exact rules training uses
-    labeled: list[int] | None = None
-    if train is not None and train.has_labels and len(train):
-        try:
-            labeled = labeled_indices(dcfg, train, seed)
-            rep.labeled_subset = len(labeled)
-        except _CAUGHT as e:
-            rep.add("labeled_subset", str(e), split=dcfg.train_split)
-        if labeled is not None:
-            try:
-                with collect_missing_labels():
-                    items = unlabeled_pool(dcfg, train, labeled, type_name, params, seed)
-                rep.unlabeled_pool = len(items)
-            except _CAUGHT as e:
-                if not any(p.message == str(e) for p in rep.problems):
-                    rep.add("unlabeled_pool", str(e))
-
-    # ---- read every file
-    roles: dict[str, list[str]] = {}
-    for split, role in [(dcfg.train_split, "train"), (dcfg.val_split, "val"), *[(s, "unlabeled") for s in u.extra_splits]]:
-        roles.setdefault(split, []).append(role)
-    space = rep.label_space
-    for split, ds in built.items():
+    roles = sel.roles()
+    for split, ds in sel.splits.items():
+        missing = {str(im): lab for im, lab in sel.missing_labels.get(split, [])}
         read_labels = ("train" in roles[split] or "val" in roles[split]) and ds.has_labels
-        sr = SplitReport(split, roles[split], images=len(ds),
-                         labeled=(len(ds) - len(missing.get(split, {}))) if ds.has_labels else 0)
+        sr = SplitReport(split, roles[split], images=len(ds), labeled=(len(ds) - len(missing)) if ds.has_labels else 0)
         rep.splits.append(sr)
         if not read_labels:
-            for img, lab in missing.get(split, {}).items():
-                rep.add("missing_label", f"image {img} has no label file (expected {lab}); the adapter does not build "
-                        f"split '{split}' (used as unlabeled data) while labels are missing: add it or remove the image",
-                        split=split, file=img)
-        in_subset = set(labeled) if (split == dcfg.train_split and labeled is not None) else None
+            for img, lab in missing.items():
+                rep.add("missing_label", _missing_label(img, lab, f"the adapter does not build split '{split}' (used as "
+                        "unlabeled data) while labels are missing: add it or remove the image"), split=split, file=img)
+        in_subset = set(sel.labeled) if (split == dcfg.train_split and sel.labeled is not None) else None
         if in_subset is not None:
             rep.labeled_stats = ClassStats(ds.label_space.num_classes)
-        _scan(rep, sr, ds, read_labels=read_labels, missing=missing.get(split, {}), subset=in_subset,
+        _scan(rep, sr, ds, read_labels=read_labels, missing=missing, subset=in_subset,
               max_files=max_files, progress=progress)
-    for folder in u.extra_dirs:
-        name = f"dir:{folder}"
-        try:
-            ds = image_folder_dataset(folder, space if space is not None else _placeholder_space())
-        except _CAUGHT as e:
-            if not any(p.message == str(e) for p in rep.problems):
-                rep.add("build", str(e), split=name)
-            continue
-        sr = SplitReport(name, ["unlabeled"], images=len(ds))
+    for folder, ds in sel.folders.items():
+        sr = SplitReport(f"dir:{folder}", ["unlabeled"], images=len(ds))
         rep.splits.append(sr)
         _scan(rep, sr, ds, read_labels=False, missing={}, subset=None, max_files=max_files, progress=progress)
 
-    _coverage_warnings(rep, dcfg, train, val)
+    _coverage_warnings(rep, dcfg, sel.train, sel.val)
     return rep
+
+
+def _add_recipe_problems(rep: DomainReport, problems: Sequence[RecipeProblem]) -> None:
+    """Report the recipe's problems; one failure of several splits (same error type and path, e.g. a
+    missing root) is reported once, naming all the splits."""
+    builds: dict[tuple[type, str], Problem] = {}
+    for p in problems:
+        kind = _recipe_kind(p)
+        same = (type(p.error), p.error.path) if kind == "build" and p.error.path is not None else None
+        if same in builds:
+            builds[same].split = f"{builds[same].split}, {p.split}"
+            continue
+        rep.add(kind, p.error.message, split=p.split)
+        if same is not None:
+            builds[same] = rep.problems[-1]
+
+
+def _recipe_kind(p: RecipeProblem) -> str:
+    if isinstance(p.error, EmptySplitError):
+        return "empty"
+    if isinstance(p.error, UnlabeledSplitError):
+        return "no_labels"
+    return {"dataset": "build", "split": "build", "labeled": "labeled_subset", "unlabeled": "unlabeled_pool"}[p.stage]
+
+
+def _label_kind(e: Exception) -> str:
+    """The problem kind of an exception raised while reading a label."""
+    if isinstance(e, MissingFileError):
+        return "missing_label"
+    if isinstance(e, LabelValueError):
+        return "label_values"
+    return "unreadable_label"
+
+
+def _missing_label(image: str, label: str | Path, todo: str = "add the label or remove the image") -> str:
+    return f"image {image} has no label file (expected {label}); {todo}"
 
 
 def _scan(rep: DomainReport, sr: SplitReport, ds: SegDataset, *, read_labels: bool, missing: dict[str, Path],
@@ -398,33 +374,32 @@ def _scan(rep: DomainReport, sr: SplitReport, ds: SegDataset, *, read_labels: bo
         try:
             image = ds.load_image(i)
             sr.sizes[(int(image.shape[1]), int(image.shape[0]))] += 1
-        except Exception as e:  # DataError from the adapter; anything else is reported too, never fatal
-            rep.add("unreadable_image", _msg(e, img_file), split=sr.name, file=img_file)
+        except Exception as e:  # a UnivsegError from the adapter; anything else is reported too, never fatal
+            rep.add("unreadable_image", _msg(e, img_file), split=sr.name, file=_file(e, img_file))
         if not read_labels:
             continue
         # A broken label outside the labeled subset is never read by this config: a warning.
         sev: Severity = "error" if subset is None or i in subset else "warning"
         if img_file in missing:
-            rep.add("missing_label", f"image {img_file} has no label file (expected {missing[img_file]}); "
-                    "add the label or remove the image", split=sr.name, file=img_file)
+            rep.add("missing_label", _missing_label(img_file, missing[img_file]), split=sr.name, file=img_file)
             continue
         lab_file = _label_file(ds, i)
         try:
             label = ds.load_label(i)
         except Exception as e:
-            kind, values = _classify_label_error(ds, i, e)
-            rep.add(kind, _msg(e, lab_file), severity="error" if kind == "missing_label" else sev,
-                    split=sr.name, file=lab_file, values=values)
+            kind = _label_kind(e)
+            rep.add(kind, _msg(e, lab_file), severity="error" if kind == "missing_label" else sev, split=sr.name,
+                    file=_file(e, lab_file), values=e.values if isinstance(e, LabelValueError) else None)
             continue
         if label is None:
             rep.add("missing_label", f"sample '{ds.sample_id(i)}' ({img_file}) has no label", split=sr.name, file=img_file)
             continue
-        if image is not None and label.shape != image.shape[:2]:
-            rep.add("size_mismatch",
-                    f"size mismatch: image {img_file} is {image.shape[1]}x{image.shape[0]} but label {lab_file} is "
-                    f"{label.shape[1]}x{label.shape[0]} (width x height); fix or remove this pair",
-                    severity=sev, split=sr.name, file=lab_file)
-            continue
+        if image is not None:
+            try:
+                check_same_size(ds, i, image, label)
+            except SizeMismatchError as e:
+                rep.add("size_mismatch", e.message, severity=sev, split=sr.name, file=_file(e, lab_file))
+                continue
         counts = _histogram(label, ignore)
         usable = image is not None  # a pair with an unreadable image is checked but not counted
         odd = [v for v in np.flatnonzero(counts) if v >= k and v != ignore]
@@ -474,63 +449,24 @@ def _coverage_warnings(rep: DomainReport, dcfg, train: SegDataset | None, val: S
                     split=dcfg.val_split, file=str(shared[0]))
 
 
-def _classify_label_error(ds: SegDataset, i: int, e: Exception) -> tuple[str, dict[int, int] | None]:
-    msg = str(e)
-    if isinstance(e, DataError) and "not found" in msg:
-        return "missing_label", None
-    if "outside label space" in msg or "colour table" in msg or "are not in the colour" in msg:
-        return "label_values", _invalid_raw_values(ds, i, msg)
-    return "unreadable_label", None
-
-
-def _invalid_raw_values(ds: SegDataset, i: int, msg: str) -> dict[int, int] | None:
-    """Raw values of label ``i`` outside the label space -> their pixel counts (None when unknown)."""
-    try:
-        if isinstance(ds, NativeSegDataset) and ds.labels is not None:
-            raw, space = ds.read_raw(i), ds.raw_space
-        elif isinstance(ds, FileSegDataset) and ds.labels is not None:
-            raw, space = read_label(ds.labels[i]), ds.label_space
-        else:
-            raw = None
-        if raw is not None:
-            bad = space.invalid_values(raw)
-            values, counts = np.unique(raw, return_counts=True)
-            pix = dict(zip(values.tolist(), counts.tolist()))
-            return {int(v): int(pix.get(v, 0)) for v in bad}
-    except Exception:
-        pass
-    m = re.search(r"label values \[([^\]]*)\]", msg)
-    if m:
-        vals = [int(v) for v in re.findall(r"-?\d+", m.group(1))]
-        return {v: 0 for v in vals} or None  # counts unknown
-    return None
-
-
-def _add_build_problem(rep: DomainReport, split: str, e: Exception) -> None:
-    """A split that cannot be built; the same failure of several splits (missing root) is reported once."""
-    msg = str(e)
-    for p in rep.problems:
-        if p.kind == "build" and p.message == msg:
-            p.split = f"{p.split}, {split}"
-            return
-    rep.add("build", msg, split=split)
-
-
 def _image_file(ds: SegDataset, i: int) -> str:
-    if isinstance(ds, FileSegDataset):
-        return str(ds.images[i])
-    return ds.sample_id(i)
+    path = ds.image_file(i)
+    return ds.sample_id(i) if path is None else str(path)
 
 
 def _label_file(ds: SegDataset, i: int) -> str:
-    if isinstance(ds, FileSegDataset) and ds.labels is not None:
-        return str(ds.labels[i])
-    return f"{ds.sample_id(i)} (label)"
+    path = ds.label_file(i)
+    return f"{ds.sample_id(i)} (label)" if path is None else str(path)
+
+
+def _file(e: Exception, fallback: str) -> str:
+    """The file an exception concerns: its ``path`` field when it has one, else ``fallback``."""
+    return e.path if isinstance(e, UnivsegError) and e.path is not None else fallback
 
 
 def _msg(e: Exception, file: str) -> str:
-    msg = str(e) if isinstance(e, DataError) else f"{type(e).__name__}: {e}"
-    return msg if file in msg else f"{file}: {msg}"
+    """A problem's message: a UnivsegError's own (it names the file); anything else prefixed with ``file``."""
+    return e.message if isinstance(e, UnivsegError) else f"{file}: {type(e).__name__}: {e}"
 
 
 def _rule(dcfg) -> str:
@@ -543,10 +479,6 @@ def _rule(dcfg) -> str:
     if lab.fraction is not None:
         return f"fraction {lab.fraction}{seed}"
     return "all"
-
-
-def _placeholder_space() -> LabelSpace:
-    return LabelSpace.from_names("unknown", ["unknown"])
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,12 +1,21 @@
-"""Label spaces: class names, colours, raw-value mapping and the ignore index, defined once."""
+"""Label spaces: class names, colours, raw-value mapping and the ignore index, defined once.
+
+:data:`LABEL_SPACES` is the table of named label spaces: each dataset family (and the synthetic
+taxonomies) registers its label space there with :func:`register_label_space`.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
+from ..errors import LabelValueError, UnknownNameError
+from ..registry import Registry, suggest
+
 IGNORE_INDEX = 255
+"""Train id of void pixels (never a class); also what label padding is filled with."""
 
 
 @dataclass(frozen=True)
@@ -92,25 +101,34 @@ class LabelSpace:
         return np.array([c.color for c in self.classes], dtype=np.uint8)
 
     def index(self, class_name: str) -> int:
-        """Train id of ``class_name``; raises with the valid names when unknown."""
+        """Train id of ``class_name``; raises UnknownNameError with the valid names when unknown."""
         try:
             return self.names.index(class_name)
         except ValueError:
-            raise KeyError(
-                f"label space '{self.name}' has no class '{class_name}'; classes: {', '.join(self.names)}"
+            raise UnknownNameError(
+                f"label space '{self.name}' has no class '{class_name}'.{suggest(class_name, self.names)} "
+                f"Classes: {', '.join(self.names)}"
             ) from None
 
-    def encode(self, raw: np.ndarray) -> np.ndarray:
+    def encode(self, raw: np.ndarray, source: str | Path | None = None) -> np.ndarray:
         """Map raw label values to train ids (uint8, ignore = ``ignore_index``).
 
         Raises:
-            ValueError: when ``raw`` holds values outside the label space; the message lists them.
+            LabelValueError: when ``raw`` holds values outside the label space; ``values`` maps each
+                such value to its pixel count and ``path`` is ``source`` (the label file), which the
+                message names.
         """
         bad = self.invalid_values(raw)
         if bad:
-            raise ValueError(
-                f"label values {bad} are outside label space '{self.name}' "
-                f"(valid: {self.valid_raw_values()})"
+            values, counts = np.unique(raw, return_counts=True)
+            pixels = dict(zip(values.tolist(), counts.tolist()))
+            shown = bad if len(bad) <= 20 else [*bad[:20], "..."]
+            where = f"{source}: " if source is not None else ""
+            hint = "fix the file or remove the sample"
+            raise LabelValueError(
+                f"{where}label values {shown} are outside label space '{self.name}' "
+                f"(valid raw values: {format_ranges(self.valid_raw_values())}); {hint}",
+                path=source, values={v: int(pixels[v]) for v in bad}, hint=hint,
             )
         return self._lut[raw.astype(np.int64)].astype(np.uint8)
 
@@ -147,16 +165,42 @@ class LabelSpace:
         )
 
 
+#: Built-in label spaces by name; see :func:`register_label_space`.
+LABEL_SPACES: Registry[LabelSpace] = Registry("label space")
+
+
+def register_label_space(space: LabelSpace) -> LabelSpace:
+    """Add ``space`` to :data:`LABEL_SPACES` under its name (unique) and return it."""
+    LABEL_SPACES.register(space.name, space)
+    return space
+
+
+def voc_color(i: int) -> tuple[int, int, int]:
+    """Colour of index ``i`` in the PASCAL VOC palette (bit-interleaving of the index; 0 is black)."""
+    r = g = b = 0
+    c = i
+    for j in range(8):
+        r |= ((c >> 0) & 1) << (7 - j)
+        g |= ((c >> 1) & 1) << (7 - j)
+        b |= ((c >> 2) & 1) << (7 - j)
+        c >>= 3
+    return (r, g, b)
+
+
 def default_palette(n: int) -> list[tuple[int, int, int]]:
-    """Distinct colours for ``n`` classes (the PASCAL VOC bit-interleaving scheme)."""
-    out = []
-    for i in range(n):
-        r = g = b = 0
-        c = i + 1
-        for j in range(8):
-            r |= ((c >> 0) & 1) << (7 - j)
-            g |= ((c >> 1) & 1) << (7 - j)
-            b |= ((c >> 2) & 1) << (7 - j)
-            c >>= 3
-        out.append((r, g, b))
-    return out
+    """Distinct colours for ``n`` classes: VOC palette entries 1..n (black is skipped)."""
+    return [voc_color(i + 1) for i in range(n)]
+
+
+def format_ranges(values: Sequence[int]) -> str:
+    """'0-10, 255' for [0..10, 255]: a compact listing of label values for messages."""
+    out: list[str] = []
+    vals = sorted(values)
+    i = 0
+    while i < len(vals):
+        j = i
+        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
+            j += 1
+        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
+        i = j + 1
+    return ", ".join(out)

@@ -8,6 +8,7 @@ from typing import Mapping
 import numpy as np
 import yaml
 
+from ..errors import ConfigError, MissingFileError
 from .label_space import LabelSpace
 
 _BUILTIN: dict[tuple[str, str], dict[str, str | None]] = {}
@@ -23,6 +24,40 @@ def register_mapping(src: str, dst: str, table: Mapping[str, str | None]) -> Non
 
 def builtin_mapping_names() -> list[tuple[str, str]]:
     return sorted(_BUILTIN)
+
+
+@dataclass(frozen=True)
+class MappingFile:
+    """A class-mapping YAML file: ``{source class: target class | ignore}`` and, when given, the label space names."""
+
+    table: dict[str, str | None]
+    source: str | None = None
+    target: str | None = None
+
+
+def read_mapping_file(path: str | Path) -> MappingFile:
+    """Read a class-mapping YAML file.
+
+    The file is either the table itself or ``{source: <space>, target: <space>, mapping: <table>}``.
+    Raises MissingFileError when it does not exist and ConfigError (naming it) when it is malformed.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise MissingFileError(f"class mapping file not found: {path}", path=path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}", path=path) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping 'source class: target class', got {type(data).__name__}", path=path)
+    table = data.get("mapping", data)
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: 'mapping' must be 'source class: target class' pairs", path=path)
+    names = {str(k): (None if v is None else str(v)) for k, v in table.items()}
+    if "mapping" not in data:
+        return MappingFile(names)
+    source, target = data.get("source"), data.get("target")
+    return MappingFile(names, None if source is None else str(source), None if target is None else str(target))
 
 
 @dataclass(frozen=True)
@@ -42,7 +77,7 @@ class ClassMapping:
         """Build from ``{src class name: dst class name or None}``; classes left out map to nothing."""
         unknown_src = sorted(set(table) - set(src.names))
         if unknown_src:
-            raise ValueError(f"{origin}: {unknown_src} are not classes of '{src.name}' ({', '.join(src.names)})")
+            raise ConfigError(f"{origin}: {unknown_src} are not classes of '{src.name}' ({', '.join(src.names)})")
         lut = []
         for name in src.names:
             target = table.get(name)
@@ -50,7 +85,7 @@ class ClassMapping:
                 lut.append(-1)
                 continue
             if target not in dst.names:
-                raise ValueError(
+                raise ConfigError(
                     f"{origin}: '{name}' maps to '{target}', which is not a class of '{dst.name}' ({', '.join(dst.names)})"
                 )
             lut.append(dst.index(target))
@@ -58,15 +93,8 @@ class ClassMapping:
 
     @classmethod
     def from_yaml(cls, path: str | Path, src: LabelSpace, dst: LabelSpace) -> "ClassMapping":
-        """Read a YAML file ``{src class: dst class | ignore}`` (optionally under a ``mapping:`` key)."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"class mapping file not found: {path}")
-        data = yaml.safe_load(path.read_text()) or {}
-        data = data.get("mapping", data) if isinstance(data, dict) else data
-        if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping 'source class: target class', got {type(data).__name__}")
-        return cls.from_names(src, dst, data, origin=str(path))
+        """Read a mapping file (see :func:`read_mapping_file`) between ``src`` and ``dst``."""
+        return cls.from_names(src, dst, read_mapping_file(path).table, origin=str(path))
 
     @classmethod
     def builtin(cls, src: LabelSpace, dst: LabelSpace) -> "ClassMapping | None":

@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from pydantic import BaseModel, ConfigDict
 
+from ..errors import ConfigError
 from ..registry import Registry
+from ..validation import validate_typed
 from .base import SegDataset
 
 
@@ -44,9 +46,36 @@ def register_dataset(name: str, params: type[DatasetParams], splits: tuple[str, 
     return deco
 
 
-def build_dataset(type_name: str, params: DatasetParams, split: str) -> SegDataset:
-    """Build split ``split`` of dataset type ``type_name``; an unknown split lists the valid ones."""
+def check_split(type_name: str, split: str) -> DatasetSpec:
+    """The spec of dataset type ``type_name``; raises ConfigError listing its splits when it has no ``split``."""
     spec = DATASETS.get(type_name)
     if split not in spec.splits:
-        raise ValueError(f"dataset '{type_name}' has no split '{split}'; splits: {', '.join(spec.splits)}")
-    return spec.build(params, split)
+        raise ConfigError(f"dataset '{type_name}' has no split '{split}'; splits: {', '.join(spec.splits)}")
+    return spec
+
+
+def build_dataset(type_name: str, params: DatasetParams, split: str) -> SegDataset:
+    """Build split ``split`` of dataset type ``type_name``; an unknown split lists the valid ones."""
+    return check_split(type_name, split).build(params, split)
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """A dataset type with validated parameters: what a domain's ``dataset`` entry resolves to."""
+
+    type_name: str
+    params: DatasetParams
+
+    def build(self, split: str) -> SegDataset:
+        """Split ``split`` of this dataset."""
+        return build_dataset(self.type_name, self.params, split)
+
+
+def resolve_dataset(entry: Mapping[str, Any], where: str) -> DatasetSource:
+    """Validate a ``{type: name, ...params}`` dataset entry found at key path ``where``.
+
+    Raises ConfigError naming the key: a missing or unknown type (with the closest registered
+    name), unknown keys (with the closest valid key) and wrong values.
+    """
+    typed = validate_typed(entry, DATASETS, lambda spec: spec.params, where)
+    return DatasetSource(typed.type_name, typed.params)

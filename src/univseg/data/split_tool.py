@@ -25,9 +25,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .base import DataError, FileSegDataset, SegDataset
-from .domain import labeled_indices, unlabeled_pool
-from .registry import build_dataset
+from ..errors import ConfigError, DataError
+from .base import FileSegDataset, SegDataset
+from .domain_config import LabeledConfig
+from .recipe import select_domain
 from .splits import split_lines
 
 SPLIT_FILE_NAMES = ("labeled.txt", "unlabeled.txt", "val.txt")
@@ -60,7 +61,8 @@ class DomainSplit:
             if bad:
                 raise DataError(
                     f"domain '{self.domain}': {fname}: paths containing whitespace cannot be written to a split file "
-                    f"('image [label]' per line), first: {bad[0]!r}; rename the files"
+                    f"('image [label]' per line), first: {bad[0]!r}; rename the files",
+                    values=bad, hint="rename the files",
                 )
         return out
 
@@ -76,19 +78,14 @@ def with_labeled_rule(cfg, *, count: int | None = None, fraction: float | None =
 
     ``count`` or ``fraction`` replaces the rule (and any ``labeled.split_file``); ``seed`` sets the
     selection seed (alone it keeps the configured count / fraction). Returns ``cfg`` itself when
-    nothing is given. Raises ValueError for both count and fraction, an unknown domain, or a seed
-    alone for a domain whose labeled subset comes from a split file.
+    nothing is given. Raises ConfigError (a ValueError) for both count and fraction, an unknown
+    domain, or a seed alone for a domain whose labeled subset comes from a split file.
     """
-    from ..config import LabeledConfig
-
     if count is not None and fraction is not None:
-        raise ValueError("give either count or fraction, not both")
+        raise ConfigError("give either count or fraction, not both")
     if count is None and fraction is None and seed is None:
         return cfg
-    names = [d.name for d in cfg.domains]
-    for n in domains or []:
-        if n not in names:
-            raise ValueError(f"no domain '{n}'; domains: {', '.join(names)}")
+    _check_domain_names(cfg, domains)
     new = cfg.model_copy(deep=True)
     for d in new.domains:
         if domains and d.name not in domains:
@@ -96,7 +93,7 @@ def with_labeled_rule(cfg, *, count: int | None = None, fraction: float | None =
         old = d.labeled
         if count is None and fraction is None:
             if old.split_file is not None:
-                raise ValueError(
+                raise ConfigError(
                     f"domain '{d.name}' takes its labeled subset from {old.split_file}; a seed has no effect "
                     "there: give a count or fraction as well"
                 )
@@ -108,32 +105,17 @@ def with_labeled_rule(cfg, *, count: int | None = None, fraction: float | None =
 
 def make_labeled_split(cfg, domain: str, count: int | None = None, fraction: float | None = None,
                        seed: int | None = None) -> DomainSplit:
-    """The selection of domain ``domain`` of Config ``cfg``, exactly as training builds it.
+    """The selection of domain ``domain`` of Config ``cfg``, by the recipe training uses.
 
     ``count`` / ``fraction`` / ``seed`` override the domain's labeled rule (see
-    :func:`with_labeled_rule`). Raises DataError naming the domain when the split cannot be built
-    or the rule asks for more images than the train split has.
+    :func:`with_labeled_rule`). Raises the recipe's first problem (e.g. DataError naming the
+    domain when the rule asks for more images than the train split has).
     """
-    from ..config import dataset_params  # local import: config imports data
-
+    _check_domain_names(cfg, [domain])
     cfg = with_labeled_rule(cfg, count=count, fraction=fraction, seed=seed, domains=[domain])
-    index = next((k for k, d in enumerate(cfg.domains) if d.name == domain), None)
-    if index is None:
-        raise ValueError(f"no domain '{domain}'; domains: {', '.join(d.name for d in cfg.domains)}")
-    dcfg = cfg.domains[index]
-    where = f"domains[{index}] ({dcfg.name})"
-    type_name = dcfg.dataset["type"]
-    params = dataset_params(dcfg)
-    try:
-        train = build_dataset(type_name, params, dcfg.train_split)
-        val = build_dataset(type_name, params, dcfg.val_split)
-    except DataError as e:
-        raise DataError(f"{where}: {e}") from None
-    if not train.has_labels:
-        raise DataError(f"{where}: split '{dcfg.train_split}' has no labels; it cannot provide the labeled subset")
-    labeled = labeled_indices(dcfg, train, cfg.seed, where)
-    pool = unlabeled_pool(dcfg, train, labeled, type_name, params, cfg.seed)
-    return DomainSplit(dcfg.name, train, val, labeled, pool)
+    index = next(k for k, d in enumerate(cfg.domains) if d.name == domain)
+    sel = select_domain(cfg.domains[index], index, cfg.seed)
+    return DomainSplit(sel.name, sel.train, sel.val, sel.labeled, sel.pool)
 
 
 def write_split_files(cfg, out_dir: Path, *, domains: list[str] | None = None, count: int | None = None,
@@ -149,11 +131,8 @@ def write_split_files(cfg, out_dir: Path, *, domains: list[str] | None = None, c
     Returns:
         The written files, three per domain, in config order.
     """
-    names = [d.name for d in cfg.domains]
-    for n in domains or []:
-        if n not in names:
-            raise ValueError(f"no domain '{n}'; domains: {', '.join(names)}")
-    selected = [n for n in names if not domains or n in domains]
+    _check_domain_names(cfg, domains)
+    selected = [d.name for d in cfg.domains if not domains or d.name in domains]
     cfg = with_labeled_rule(cfg, count=count, fraction=fraction, seed=seed, domains=selected)
     # select every domain and make every line before writing anything: no half-written output
     outputs = []
@@ -169,3 +148,11 @@ def write_split_files(cfg, out_dir: Path, *, domains: list[str] | None = None, c
             path.write_text("".join(line + "\n" for line in lines))
             written.append(path)
     return written
+
+
+def _check_domain_names(cfg, domains: list[str] | None) -> None:
+    """Raise ConfigError (a ValueError) naming the first of ``domains`` that ``cfg`` lacks."""
+    names = [d.name for d in cfg.domains]
+    for n in domains or []:
+        if n not in names:
+            raise ConfigError(f"no domain '{n}'; domains: {', '.join(names)}")

@@ -7,7 +7,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .base import DataError, FileSegDataset, SegDataset
+from ..errors import DataError
+from .base import FileSegDataset, SegDataset, read_text_file
 
 
 def select_subset(n: int, count: int | None = None, fraction: float | None = None, seed: int = 0) -> list[int]:
@@ -26,12 +27,9 @@ def select_subset(n: int, count: int | None = None, fraction: float | None = Non
 
 
 def read_split_file(path: str | Path) -> list[str]:
-    """The first column (image path) of every non-empty, non-comment line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"split file not found: {path}")
+    """The first column (image path) of every non-empty, non-comment line; MissingFileError when absent."""
     entries = []
-    for line in path.read_text().splitlines():
+    for line in read_text_file(Path(path), "split file").splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             entries.append(line.split()[0])
@@ -71,7 +69,8 @@ def match_pool_entries(datasets: Sequence[SegDataset], entries: Sequence[str], o
     An entry may be a sample's path relative to its dataset root, its stored path, its sample id,
     or (when no other sample shares it) its file name or stem. Exact names win over file names,
     and earlier datasets over later ones. Unknown or ambiguous entries raise DataError naming
-    them and ``origin`` (the split file).
+    them and ``origin`` (the split file, also its ``path``); ``values`` holds the entries as
+    ``{"missing": [...], "ambiguous": [...]}``.
     """
     lookup: dict[str, tuple[int, int]] = {}
     for d, ds in enumerate(datasets):
@@ -103,7 +102,7 @@ def match_pool_entries(datasets: Sequence[SegDataset], entries: Sequence[str], o
             parts.append(
                 f"{len(ambiguous)} entries name several images (give the path relative to the dataset root): {_shown(ambiguous)}"
             )
-        raise DataError(f"{origin}: " + "; ".join(parts))
+        raise DataError(f"{origin}: " + "; ".join(parts), path=origin, values={"missing": missing, "ambiguous": ambiguous})
     return sorted(found)
 
 

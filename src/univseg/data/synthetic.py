@@ -35,7 +35,7 @@ from pydantic import Field, field_validator
 
 from ..registry import Registry
 from .base import SegDataset
-from .label_space import IGNORE_INDEX, LabelSpace
+from .label_space import IGNORE_INDEX, LabelSpace, register_label_space
 from .mapping import register_mapping
 from .registry import DatasetParams, register_dataset
 
@@ -76,14 +76,15 @@ _COARSE_COLORS = {
     "pole": (153, 153, 153), "vehicle": (0, 0, 142), "person": (220, 20, 60), "animal": (255, 165, 0),
 }
 
-#: The two taxonomies, by the ``taxonomy`` parameter value.
+#: The label space of each taxonomy, by the ``taxonomy`` parameter value. Both are registered by
+#: name (``synthetic-fine``, ``synthetic-coarse``) in :data:`univseg.data.label_space.LABEL_SPACES`.
 LABEL_SPACES: dict[str, LabelSpace] = {
-    "fine": LabelSpace.from_names(
+    "fine": register_label_space(LabelSpace.from_names(
         "synthetic-fine", list(_FINE_COLORS), list(_FINE_COLORS.values()), void_ids=(IGNORE_INDEX,)
-    ),
-    "coarse": LabelSpace.from_names(
+    )),
+    "coarse": register_label_space(LabelSpace.from_names(
         "synthetic-coarse", list(_COARSE_COLORS), list(_COARSE_COLORS.values()), void_ids=(IGNORE_INDEX,)
-    ),
+    )),
 }
 
 #: Built-in class mapping fine -> coarse (registered with :func:`register_mapping`).

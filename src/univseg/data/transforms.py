@@ -36,10 +36,13 @@ from typing import Annotated, Any, Callable, ClassVar, Optional, Sequence, TypeV
 import numpy as np
 import torch
 import torch.nn.functional as F
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, Strict, field_validator, model_validator
 from torchvision.transforms.v2 import functional as TF
 
-from ..registry import Registry, UnknownNameError, suggest
+from ..errors import ConfigError
+from ..registry import Registry
+from ..validation import validate_typed
+from .label_space import IGNORE_INDEX
 
 __all__ = [
     "IGNORE_INDEX",
@@ -52,9 +55,6 @@ __all__ = [
     "load_arrays",
     "register_transform",
 ]
-
-IGNORE_INDEX = 255
-"""Label value for void pixels; also what label padding is filled with."""
 
 Label = Optional[torch.Tensor]
 
@@ -501,95 +501,35 @@ def _check_pair(image: torch.Tensor, label: Label) -> None:
         raise ValueError(f"label shape {list(label.shape)} does not match image size {list(image.shape[-2:])}")
 
 
-def _format_loc(where: str, loc: tuple[Any, ...]) -> str:
-    path = where
-    for part in loc:
-        path += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return path
-
-
-def _format_errors(where: str, cls: type[Transform], err: ValidationError) -> list[str]:
-    params = cls.Params
-    keys = ["type", *params.model_fields]
-    lines = []
-    for e in err.errors(include_url=False):
-        loc = tuple(e["loc"])
-        path = _format_loc(where, loc)
-        kind = e["type"]
-        field = params.model_fields.get(loc[0]) if loc and isinstance(loc[0], str) else None
-        expected = f"; expected {field.description}" if field is not None and field.description else ""
-        if kind == "extra_forbidden":
-            key = str(loc[-1])
-            lines.append(
-                f"{path}: unknown key '{key}' for transform '{cls.name}'.{suggest(key, keys)} "
-                f"Valid keys: {', '.join(keys)}"
-            )
-        elif kind == "missing" and len(loc) == 1:
-            lines.append(f"{path}: missing required key for transform '{cls.name}'{expected}")
-        elif kind == "missing":
-            lines.append(f"{path}: missing item{expected}")
-        elif kind in ("value_error", "assertion_error"):
-            msg = str(e.get("ctx", {}).get("error", e["msg"]))
-            lines.append(f"{path}: {msg}")
-        else:
-            lines.append(f"{path}: {e['msg']}{expected} (got {e['input']!r})")
-    return lines
-
-
-def _validate_entry(entry: Any, where: str) -> tuple[Transform | None, list[str]]:
-    if not isinstance(entry, dict):
-        return None, [f"{where}: expected a mapping like {{type: name, ...}}, got {type(entry).__name__} {entry!r}"]
-    if "type" not in entry:
-        hint = suggest("type", [str(k) for k in entry])
-        return None, [
-            f"{where}: missing 'type' key.{hint} Available types: {', '.join(TRANSFORMS.names())}"
-        ]
-    name = entry["type"]
-    if not isinstance(name, str):
-        return None, [f"{where}.type: expected a string naming a transform type, got {type(name).__name__} {name!r}"]
-    try:
-        cls = TRANSFORMS.get(name)
-    except UnknownNameError as exc:
-        return None, [f"{where}.type: {exc}"]
-    params = {k: v for k, v in entry.items() if k != "type"}
-    try:
-        validated = cls.Params.model_validate(params)
-    except ValidationError as exc:
-        return None, _format_errors(where, cls, exc)
-    return cls(validated), []
-
-
 def build_transform(cfg: dict[str, Any], where: str = "transform") -> Transform:
     """Validate one ``{"type": name, ...params}`` dict and build the transform.
 
-    Raises ``ValueError`` whose lines start with the key path (e.g. ``transform.size: ...``).
+    Raises ConfigError (a ValueError) whose lines start with the key path (e.g. ``transform.size: ...``).
     """
-    transform, errors = _validate_entry(cfg, where)
-    if errors:
-        raise ValueError("\n".join(errors))
-    assert transform is not None
-    return transform
+    entry = validate_typed(cfg, TRANSFORMS, lambda cls: cls.Params, where)
+    return entry.item(entry.params)
 
 
 def build_transforms(cfg: list[dict[str, Any]] | None, where: str = "transforms") -> Compose:
     """Validate a list of transform configs and build the pipeline.
 
-    All problems are reported at once in one ``ValueError``, one line each, each starting with
-    its key path, e.g. ``transforms[1].size: ...``. ``None`` or ``[]`` is the identity pipeline.
+    All problems are reported at once in one ConfigError (a ValueError), one line each, each
+    starting with its key path, e.g. ``transforms[1].size: ...``. ``None`` or ``[]`` is the
+    identity pipeline.
     """
     if cfg is None:
         return Compose([])
     if not isinstance(cfg, (list, tuple)):
-        raise ValueError(f"{where}: expected a list of transform configs, got {type(cfg).__name__}")
+        raise ConfigError(f"{where}: expected a list of transform configs, got {type(cfg).__name__}", key=where)
     transforms: list[Transform] = []
     errors: list[str] = []
     for i, entry in enumerate(cfg):
-        t, errs = _validate_entry(entry, f"{where}[{i}]")
-        errors.extend(errs)
-        if t is not None:
-            transforms.append(t)
+        try:
+            transforms.append(build_transform(entry, f"{where}[{i}]"))
+        except ConfigError as e:
+            errors.append(str(e))
     if errors:
-        raise ValueError("\n".join(errors))
+        raise ConfigError("\n".join(errors), key=where)
     return Compose(transforms)
 
 

@@ -12,6 +12,7 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain, eval_loader, iter_images
 from ..data.label_space import LabelSpace
 from ..data.mapping import ClassMapping
+from ..errors import CheckpointError
 from ..utils import dist
 from ..utils.table import markdown_table
 from .metrics import ConfusionMatrix
@@ -39,8 +40,10 @@ def choose_head(
     if domain_name in heads:
         own = heads[domain_name]
         if own.names != space.names:
-            raise ValueError(
-                f"head '{domain_name}' predicts {own.names} but domain '{domain_name}' is labeled {space.names}"
+            raise CheckpointError(
+                f"head '{domain_name}' of the model predicts {own.names} but domain '{domain_name}' of the config is "
+                f"labeled {space.names}; evaluate with the config the model was trained with",
+                values={"head": own.names, "domain": space.names},
             )
         return HeadChoice(domain_name, None)
     for head, ls in heads.items():

@@ -24,10 +24,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..config import Config, ConfigError, config_changes, load_config
+from ..config import Config, config_changes, load_config
+from ..errors import ConfigError
 from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
-from .methods import METHODS
+from ..methods import METHODS
 
 PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial")
 
@@ -108,7 +109,15 @@ def check_reusable(run: Run, cfg: Config) -> None:
     saved = run.work_dir / "config.yaml"
     if not saved.is_file():
         return
-    changes = config_changes(load_config(saved), cfg)
+    try:
+        previous = load_config(saved)
+    except ConfigError as e:
+        raise ConfigError(
+            f"{run.work_dir} holds a run of '{run.key}' whose saved config no longer validates (written by another "
+            f"univseg version?):\n{e}\nUse another --out, or delete {run.work_dir} to train it again.",
+            path=saved,
+        ) from None
+    changes = config_changes(previous, cfg)
     if changes:
         raise ConfigError(
             f"{run.work_dir} holds a run of '{run.key}' (seed {run.seed}) made with other settings:\n  "

@@ -9,7 +9,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.base import read_image
-from ..data.domain import IMAGE_SUFFIXES
+from ..data.base import IMAGE_SUFFIXES
+from ..errors import MissingFileError
 from ..viz import overlay
 from .predictor import Predictor
 
@@ -24,9 +25,9 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
         elif p.is_file():
             found.append(p)
         else:
-            raise FileNotFoundError(f"input not found: {p}")
+            raise MissingFileError(f"input not found: {p}", path=p)
     if not found:
-        raise FileNotFoundError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
+        raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found
 
 

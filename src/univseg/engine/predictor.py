@@ -13,15 +13,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..config import ModelConfig
 from ..data.base import read_image
 from ..data.label_space import LabelSpace
-from ..registry import UnknownNameError
+from ..errors import CheckpointError, DataError, UnknownNameError
 from ..models.universal import UniversalModel, build_model
-from ..config import ModelConfig
 from ..utils.dist import resolve_device
-from .checkpoint import checkpoint_label_spaces, load_checkpoint
+from .checkpoint import Checkpoint
 from .precision import autocast, resolve_amp
-
 
 
 class Predictor:
@@ -36,11 +35,16 @@ class Predictor:
     def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto") -> "Predictor":
         """Load a checkpoint written by training (safely: tensors only)."""
         dev = resolve_device(device)
-        ckpt = load_checkpoint(path, map_location=dev)
-        spaces = checkpoint_label_spaces(ckpt)
-        model_cfg = ModelConfig.model_validate({**ckpt["config"]["model"], "pretrained": None})
+        ckpt = Checkpoint.load(path, map_location=dev)
+        spaces = ckpt.label_spaces
+        model_cfg = ModelConfig.model_validate({**ckpt.model_config, "pretrained": None, "init_from": None})
         model = build_model(model_cfg, {k: ls.num_classes for k, ls in spaces.items()})
-        model.load_state_dict(ckpt["model"])
+        try:
+            model.load_state_dict(ckpt.model)
+        except RuntimeError as e:
+            raise CheckpointError(
+                f"{path}: the weights do not fit the model its config describes: {str(e).splitlines()[0]}", path=path
+            ) from None
         return cls(model.to(dev), spaces, resolve_amp(amp, dev))
 
     @property
@@ -57,7 +61,7 @@ class Predictor:
             if ls.name == label_space:
                 return head
         names = [f"{h} ({ls.name})" for h, ls in self.label_spaces.items()]
-        raise UnknownNameError(f"the model has no label space '{label_space}'; available: {', '.join(names)}")
+        raise UnknownNameError(f"the model has no label space '{label_space}'; available: {', '.join(names)}", key="--label-space")
 
     def _batch(self, image: Any) -> torch.Tensor:
         """[1, 3, H, W] float tensor (0..255) on the model's device."""
@@ -94,7 +98,7 @@ def as_array(image: Any) -> np.ndarray:
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)
     if arr.ndim != 3 or arr.shape[2] != 3:
-        raise ValueError(f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
+        raise DataError(f"expected an HxWx3 RGB image, got an array of shape {arr.shape}")
     if arr.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixel values 0..255, got dtype {arr.dtype}")
+        raise DataError(f"expected uint8 pixel values 0..255, got dtype {arr.dtype}")
     return arr

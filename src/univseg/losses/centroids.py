@@ -1,11 +1,13 @@
-"""The bank of class centroids in embedding space, one set per domain."""
+"""The bank of class centroids in embedding space, one set per domain, kept identical across ranks."""
 from __future__ import annotations
 
 from typing import Literal, Mapping
 
 import torch
+from torch import nn
 
 from ..data.label_space import IGNORE_INDEX
+from ..utils import dist
 
 
 def class_sums(
@@ -29,69 +31,80 @@ def class_sums(
     return sums, counts
 
 
-class CentroidBank:
+def all_reduce_sums(sums: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-class sums and counts added over every rank (one collective; identity in one process)."""
+    k = counts.shape[0]
+    packed = dist.all_reduce_sum(torch.cat([sums, counts.unsqueeze(1)], dim=1))
+    return packed[:, :-1], packed[:, -1].reshape(k)
+
+
+class DomainCentroids(nn.Module):
+    """One domain's centroids [K, D] and which of its classes have been seen [K] (buffers)."""
+
+    def __init__(self, num_classes: int, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("centroids", torch.zeros(num_classes, dim))
+        self.register_buffer("valid", torch.zeros(num_classes, dtype=torch.bool))
+
+
+class CentroidBank(nn.Module):
     """Class centroids c^(k)_j per domain k, with a validity mask for classes never seen.
 
     Modes: ``frozen`` keeps the centroids computed from the whole labeled set after the
     supervised warm-up (the paper); ``ema`` starts from the same and then follows every
     labeled batch: c <- m c + (1 - m) mean(batch embeddings of the class).
+
+    The state lives in buffers (saved with the method, moved with ``.to``). Under
+    torch.distributed every update first adds the per-class sums and counts over all ranks, so
+    the ranks' centroids stay identical and equal to one process seeing the union of the batches;
+    every rank must therefore call ``update`` for the same domains in the same order.
     """
 
     def __init__(
         self, num_classes: Mapping[str, int], dim: int, mode: Literal["frozen", "ema"] = "ema", momentum: float = 0.99
     ) -> None:
+        super().__init__()
         self.mode = mode
         self.momentum = momentum
-        self.centroids = {k: torch.zeros(n, dim) for k, n in num_classes.items()}
-        self.valid = {k: torch.zeros(n, dtype=torch.bool) for k, n in num_classes.items()}
-        self.ready = False
+        self.domains = nn.ModuleDict({k: DomainCentroids(n, dim) for k, n in num_classes.items()})
+        self.register_buffer("initialised", torch.zeros((), dtype=torch.bool))
 
-    def to(self, device: torch.device | str) -> "CentroidBank":
-        self.centroids = {k: v.to(device) for k, v in self.centroids.items()}
-        self.valid = {k: v.to(device) for k, v in self.valid.items()}
-        return self
+    @property
+    def ready(self) -> bool:
+        """Whether the centroids have been set (after the warm-up)."""
+        return bool(self.initialised)
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        self.initialised.fill_(bool(value))
 
     def set_from_sums(self, domain: str, sums: torch.Tensor, counts: torch.Tensor) -> None:
-        """Set a domain's centroids to the means of accumulated sums; classes with no pixel stay invalid."""
+        """Set a domain's centroids to the means of accumulated sums; classes with no pixel stay invalid.
+
+        ``sums``/``counts`` must already cover every rank's images (see :func:`all_reduce_sums`).
+        """
+        store = self.domains[domain]
         seen = counts > 0
         means = sums / counts.clamp(min=1).unsqueeze(1)
-        self.centroids[domain] = torch.where(seen.unsqueeze(1), means, torch.zeros_like(means))
-        self.valid[domain] = seen.clone()
+        store.centroids.copy_(torch.where(seen.unsqueeze(1), means, torch.zeros_like(means)))
+        store.valid.copy_(seen)
 
     def update(self, domain: str, embedding: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> None:
-        """EMA update from one labeled batch (no-op in frozen mode)."""
+        """EMA update from one labeled batch of this rank, merged with the other ranks' (no-op when frozen)."""
         if self.mode != "ema":
             return
-        c = self.centroids[domain]
-        sums, counts = class_sums(embedding, labels, c.shape[0], ignore_index)
+        store = self.domains[domain]
+        sums, counts = all_reduce_sums(*class_sums(embedding, labels, store.centroids.shape[0], ignore_index))
         seen = counts > 0
         if not bool(seen.any()):
             return
+        c, old = store.centroids, store.valid
         means = sums / counts.clamp(min=1).unsqueeze(1)
-        old = self.valid[domain]
         blended = torch.where(old.unsqueeze(1), self.momentum * c + (1 - self.momentum) * means, means)
-        self.centroids[domain] = torch.where(seen.unsqueeze(1), blended, c)
-        self.valid[domain] = old | seen
+        store.centroids.copy_(torch.where(seen.unsqueeze(1), blended, c))
+        store.valid.copy_(old | seen)
 
     def get(self, domain: str) -> tuple[torch.Tensor, torch.Tensor]:
         """(centroids [K, D], valid [K]) of one domain."""
-        return self.centroids[domain], self.valid[domain]
-
-    def state_dict(self) -> dict:
-        return {
-            "mode": self.mode,
-            "ready": self.ready,
-            "centroids": {k: v.cpu() for k, v in self.centroids.items()},
-            "valid": {k: v.cpu() for k, v in self.valid.items()},
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        if set(state["centroids"]) != set(self.centroids):
-            raise ValueError(
-                f"centroid bank domains differ: checkpoint has {sorted(state['centroids'])}, "
-                f"this run has {sorted(self.centroids)}"
-            )
-        device = next(iter(self.centroids.values())).device
-        self.ready = bool(state["ready"])
-        self.centroids = {k: v.to(device) for k, v in state["centroids"].items()}
-        self.valid = {k: v.to(device) for k, v in state["valid"].items()}
+        store = self.domains[domain]
+        return store.centroids, store.valid

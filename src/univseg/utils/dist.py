@@ -11,6 +11,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from ..errors import ConfigError
+
 
 def is_distributed() -> bool:
     return dist.is_available() and dist.is_initialized()
@@ -55,9 +57,14 @@ def resolve_device(name: str = "auto") -> torch.device:
         if torch.cuda.is_available():
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)) % torch.cuda.device_count())
         return torch.device("cpu")
-    dev = torch.device(name)
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device: unknown device '{name}'; use auto, cpu, cuda or cuda:N", key="train.device") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device '{name}' requested but CUDA is not available; use train.device=cpu or auto")
+        raise ConfigError(
+            f"train.device: '{name}' requested but CUDA is not available; use train.device=cpu or auto", key="train.device"
+        )
     return dev
 
 

@@ -20,33 +20,15 @@ pascal_voc     VOC2012 JPEGImages/ + SegmentationClass(Aug)/      pascal_voc (21
 folder         configured folders / list files                    configured
 =============  =================================================  ======================
 
-Each module's docstring gives the exact layout. ``LABEL_SPACES`` maps each built-in label space
-name to its label space.
+Each module's docstring gives the exact layout. Each adapter module registers its label spaces in
+:data:`univseg.data.label_space.LABEL_SPACES`.
 """
 from __future__ import annotations
 
-from ..label_space import LabelSpace
 from . import ade20k, bdd100k, camvid, cityscapes, folder, idd, kitti, mapillary, nyuv2, pascal_voc, sunrgbd
 from ._common import ColorCodedSegDataset, NativeSegDataset, RootParams
 from ._mappings import MAPPINGS_DIR, load_builtin_mappings
 
-#: Built-in label spaces by name (the ``label_space`` of the adapters' datasets).
-LABEL_SPACES: dict[str, LabelSpace] = {
-    s.name: s
-    for s in (
-        cityscapes.CITYSCAPES,
-        camvid.CAMVID,
-        idd.IDD_LEVEL3,
-        idd.IDD_LEVEL1,
-        sunrgbd.SUNRGBD,
-        nyuv2.NYUV2_40,
-        nyuv2.NYUV2_13,
-        mapillary.MAPILLARY_V12,
-        ade20k.ADE20K,
-        pascal_voc.PASCAL_VOC,
-    )
-}
-
 load_builtin_mappings()
 
-__all__ = ["LABEL_SPACES", "MAPPINGS_DIR", "ColorCodedSegDataset", "NativeSegDataset", "RootParams"]
+__all__ = ["MAPPINGS_DIR", "ColorCodedSegDataset", "NativeSegDataset", "RootParams"]

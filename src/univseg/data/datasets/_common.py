@@ -20,11 +20,10 @@ from typing import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from pydantic import Field
 
-from ..base import DataError, FileSegDataset, read_label
-from ..label_space import ClassInfo, LabelSpace
+from ...errors import DataError, LabelValueError, MissingFileError, MissingLabelError
+from ..base import DATASET_IMAGE_SUFFIXES, FileSegDataset, decode_file, read_text_file
+from ..label_space import ClassInfo, LabelSpace, default_palette
 from ..registry import DatasetParams
-
-IMAGE_EXTS: tuple[str, ...] = (".png", ".jpg", ".jpeg")
 
 
 class RootParams(DatasetParams):
@@ -54,8 +53,6 @@ def recode(space: LabelSpace, raw_ids: Sequence[Sequence[int]] | None, void_ids:
 
 def offset_space(name: str, names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> LabelSpace:
     """Label space whose files store class ``k`` as ``k + 1`` and void as 0 (SUN RGB-D, NYU, ADE20K)."""
-    from ..label_space import default_palette
-
     colors = colors if colors is not None else default_palette(len(names))
     if len(colors) != len(names):
         raise ValueError(f"label space '{name}': {len(colors)} colours for {len(names)} classes")
@@ -66,27 +63,13 @@ def offset_space(name: str, names: Sequence[str], colors: Sequence[Sequence[int]
     )
 
 
-def _ranges(values: Sequence[int]) -> str:
-    """'0-10, 255' for [0..10, 255]: compact listing of valid raw values for error messages."""
-    out: list[str] = []
-    vals = sorted(values)
-    i = 0
-    while i < len(vals):
-        j = i
-        while j + 1 < len(vals) and vals[j + 1] == vals[j] + 1:
-            j += 1
-        out.append(str(vals[i]) if i == j else f"{vals[i]}-{vals[j]}")
-        i = j + 1
-    return ", ".join(out)
-
-
 # ----------------------------------------------------------------------------------------------
 # datasets
 # ----------------------------------------------------------------------------------------------
 
 
 class NativeSegDataset(FileSegDataset):
-    """Image/label files whose label values are decoded with ``raw_space``.
+    """Image/label files of a dataset adapter, whose sample ids must be unique within the split.
 
     ``label_space`` is the dataset family's label space (the same object for every dataset and
     split of the family, whatever the file encoding); ``raw_space`` has the same classes and says
@@ -102,29 +85,8 @@ class NativeSegDataset(FileSegDataset):
         root: Path | None = None,
         raw_space: LabelSpace | None = None,
     ) -> None:
-        super().__init__(label_space, images, labels, root)
-        self.raw_space = raw_space if raw_space is not None else label_space
-        if self.raw_space.names != label_space.names or self.raw_space.ignore_index != label_space.ignore_index:
-            raise ValueError(f"raw encoding '{self.raw_space.name}' does not have the classes of '{label_space.name}'")
+        super().__init__(label_space, images, labels, root, raw_space)
         check_unique_ids(self)
-
-    def read_raw(self, i: int) -> np.ndarray:
-        """The raw label array of sample ``i`` (override for non-index encodings, e.g. colours)."""
-        return read_label(self.labels[i])  # type: ignore[index]
-
-    def load_label(self, i: int) -> np.ndarray | None:
-        if self.labels is None:
-            return None
-        raw = self.read_raw(i)
-        bad = self.raw_space.invalid_values(raw)
-        if bad:
-            shown = bad if len(bad) <= 20 else bad[:20] + ["..."]
-            raise DataError(
-                f"{self.labels[i]}: label values {shown} are outside label space '{self.label_space.name}' "
-                f"(valid raw values in these files: {_ranges(self.raw_space.valid_raw_values())}); fix the file, "
-                "or remove the sample"
-            )
-        return self.raw_space.encode(raw)
 
 
 class ColorCodedSegDataset(NativeSegDataset):
@@ -139,27 +101,21 @@ class ColorCodedSegDataset(NativeSegDataset):
         self._order = np.argsort(self._codes)
 
     def read_raw(self, i: int) -> np.ndarray:
-        from PIL import Image, UnidentifiedImageError
-
+        """Row index in ``colors`` of every pixel; LabelValueError (colour -> pixel count) for unknown colours."""
         path = self.labels[i]  # type: ignore[index]
-        try:
-            with Image.open(path) as im:
-                im.load()
-                rgb = np.asarray(im.convert("RGB"), dtype=np.int64)
-        except FileNotFoundError:
-            raise DataError(f"label file not found: {path}") from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise DataError(f"cannot read label {path}: {e}; the file is corrupt or truncated, replace or remove it") from None
+        rgb = decode_file(path, "label", lambda im: np.asarray(im.convert("RGB"), dtype=np.int64))
         code = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
         sorted_codes = self._codes[self._order]
         pos = np.clip(np.searchsorted(sorted_codes, code), 0, len(sorted_codes) - 1)
         known = sorted_codes[pos] == code
         if not known.all():
-            unknown = np.unique(code[~known])[:10]
-            cols = [((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255) for c in unknown]
-            raise DataError(
-                f"{path}: colours {cols} are not in the colour table of label space '{self.label_space.name}'; "
-                "the file is not a colour-coded label of this dataset (or was saved lossily), fix or remove it"
+            unknown, counts = np.unique(code[~known], return_counts=True)
+            pixels = {((int(c) >> 16) & 255, (int(c) >> 8) & 255, int(c) & 255): int(n) for c, n in zip(unknown, counts)}
+            hint = "the file is not a colour-coded label of this dataset (or was saved lossily), fix or remove it"
+            raise LabelValueError(
+                f"{path}: colours {list(pixels)[:10]} are not in the colour table of label space "
+                f"'{self.label_space.name}'; {hint}",
+                path=path, values=pixels, hint=hint,
             )
         return self._order[pos].astype(np.int32)
 
@@ -172,7 +128,8 @@ def check_unique_ids(ds: FileSegDataset) -> None:
         if sid in seen:
             raise DataError(
                 f"images {seen[sid]} and {p} get the same sample id '{sid}'; rename one of them "
-                "(sample ids must be unique within a split)"
+                "(sample ids must be unique within a split)",
+                path=p, hint="rename one of them",
             )
         seen[sid] = p
 
@@ -187,15 +144,27 @@ def require_dir(path: Path, what: str, layout: str) -> Path:
     path = Path(path)
     if not path.is_dir():
         state = "is not a folder" if path.exists() else "does not exist"
-        raise DataError(f"{what} {path} {state}; expected layout:\n{layout}")
+        raise MissingFileError(f"{what} {path} {state}; expected layout:\n{layout}", path=path, hint=layout)
     return path
 
 
 def require_file(path: Path, what: str, layout: str) -> Path:
+    """Return ``path`` when it is a file; otherwise raise MissingFileError naming it and the expected layout."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"{what} {path} does not exist; expected layout:\n{layout}")
+        raise MissingFileError(f"{what} {path} does not exist; expected layout:\n{layout}", path=path, hint=layout)
     return path
+
+
+def require_listed_images(images: Sequence[Path], list_file: Path, base: Path, layout: str) -> None:
+    """Raise MissingFileError (naming the list file and the first missing image) unless every image exists."""
+    missing = [p for p in images if not p.is_file()]
+    if missing:
+        raise MissingFileError(
+            f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]}; "
+            f"paths are relative to {base}; expected layout:\n{layout}",
+            path=missing[0], hint=layout,
+        )
 
 
 def matching_suffix(name: str, suffixes: Sequence[str]) -> str | None:
@@ -207,25 +176,26 @@ def matching_suffix(name: str, suffixes: Sequence[str]) -> str | None:
 
 def find_images(
     folder: Path,
-    suffixes: Sequence[str] = IMAGE_EXTS,
+    suffixes: Sequence[str] = DATASET_IMAGE_SUFFIXES,
     recursive: bool = False,
     layout: str = "",
 ) -> list[Path]:
     """Sorted image files in ``folder`` whose names end with one of ``suffixes`` (case-insensitive).
 
-    Raises DataError when nothing matches, naming the folder, the patterns and the layout.
+    Raises MissingFileError when nothing matches, naming the folder, the patterns and the layout.
     """
     it = folder.rglob("*") if recursive else folder.iterdir()
     files = sorted(p for p in it if p.is_file() and not p.name.startswith(".") and matching_suffix(p.name, suffixes))
     if not files:
-        raise DataError(
+        raise MissingFileError(
             f"no images matching {' '.join('*' + s for s in suffixes)} found in {folder}"
-            f"{' (searched recursively)' if recursive else ''}" + (f"; expected layout:\n{layout}" if layout else "")
+            f"{' (searched recursively)' if recursive else ''}" + (f"; expected layout:\n{layout}" if layout else ""),
+            path=folder, hint=layout or None,
         )
     return files
 
 
-def with_exts(stem_suffix: str, exts: Sequence[str] = IMAGE_EXTS) -> tuple[str, ...]:
+def with_exts(stem_suffix: str, exts: Sequence[str] = DATASET_IMAGE_SUFFIXES) -> tuple[str, ...]:
     """('_leftImg8bit.png', '_leftImg8bit.jpg', ...) for ``stem_suffix='_leftImg8bit'``."""
     return tuple(stem_suffix + e for e in exts)
 
@@ -272,7 +242,8 @@ def collect_missing_labels() -> Iterator[list[tuple[Path, Path]]]:
 def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint: str = "") -> list[Path]:
     """Label path of every image by the pairing rule ``label_for``; every label must exist.
 
-    Raises DataError naming the first images without a label and their expected label paths.
+    Raises MissingLabelError naming the first images without a label and their expected label
+    paths; its ``path`` is the first expected label and ``values`` maps every such image to its label.
     """
     labels = [label_for(p) for p in images]
     missing = [(im, lab) for im, lab in zip(images, labels) if not lab.is_file()]
@@ -283,9 +254,10 @@ def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint:
     if missing:
         lines = "\n".join(f"  image {im} -> expected label {lab}" for im, lab in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
-        raise DataError(
-            f"{len(missing)} image(s) have no label file:\n{lines}{more}\n"
-            f"add the labels or remove the images{'; ' + hint if hint else ''}"
+        todo = f"add the labels or remove the images{'; ' + hint if hint else ''}"
+        raise MissingLabelError(
+            f"{len(missing)} image(s) have no label file:\n{lines}{more}\n{todo}",
+            path=missing[0][1], values={str(im): str(lab) for im, lab in missing}, hint=todo,
         )
     return labels
 
@@ -293,18 +265,21 @@ def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint:
 def read_list_file(path: Path, min_cols: int = 1, max_cols: int = 2) -> list[list[str]]:
     """Non-empty, non-comment lines of a list file split on whitespace; checks the column count."""
     rows = []
-    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for n, line in enumerate(read_text_file(path, "list file").splitlines(), 1):
         line = line.strip()
         if not line or line.startswith("#"):
             continue
         cols = line.split()
         if not min_cols <= len(cols) <= max_cols:
             want = str(min_cols) if min_cols == max_cols else f"{min_cols} to {max_cols}"
-            raise DataError(f"{path}:{n}: expected {want} whitespace-separated path(s), got {len(cols)}: {line!r}")
+            raise DataError(
+                f"{path}:{n}: expected {want} whitespace-separated path(s), got {len(cols)}: {line!r}", path=path
+            )
         rows.append(cols)
     if not rows:
-        raise DataError(f"list file {path} is empty")
+        raise DataError(f"list file {path} is empty", path=path)
     return rows
+
 
 
 def resolve(base: Path, p: str | Path, listed: bool = False) -> Path:

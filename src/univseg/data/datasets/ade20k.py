@@ -9,8 +9,10 @@ Class names and colours: the benchmark's 150 classes as listed by mmsegmentation
 """
 from __future__ import annotations
 
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import register_label_space
 from ..registry import register_dataset
-from ._common import IMAGE_EXTS, NativeSegDataset, RootParams, find_images, offset_space, pair_labels, require_dir, suffix_rule
+from ._common import NativeSegDataset, RootParams, find_images, offset_space, pair_labels, require_dir, suffix_rule
 
 _NAMES = (
     "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane", "grass",
@@ -60,7 +62,7 @@ _PALETTE = (
     (184, 255, 0), (0, 133, 255), (255, 214, 0), (25, 194, 194), (102, 255, 0), (92, 0, 255),
 )  # fmt: skip
 
-ADE20K = offset_space("ade20k", _NAMES, _PALETTE)
+ADE20K = register_label_space(offset_space("ade20k", _NAMES, _PALETTE))
 
 LAYOUT = """  <root>/images/{training,validation}/*.jpg
   <root>/annotations/{training,validation}/*.png  (same stem; 0 = void, k = class k-1)
@@ -78,6 +80,6 @@ def build_ade20k(params: Ade20kParams, split: str) -> NativeSegDataset:
     root = require_dir(params.root, "ADE20K root", LAYOUT)
     image_dir = require_dir(root / "images" / _FOLDERS[split], f"ADE20K '{split}' image folder", LAYOUT)
     label_dir = require_dir(root / "annotations" / _FOLDERS[split], f"ADE20K '{split}' label folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(ADE20K, images, labels, root=image_dir)

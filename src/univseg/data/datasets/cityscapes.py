@@ -17,7 +17,7 @@ official label ids); :data:`CITYSCAPES_TRAIN_IDS` is the same classes read from 
 """
 from __future__ import annotations
 
-from ..label_space import ClassInfo, LabelSpace
+from ..label_space import ClassInfo, LabelSpace, register_label_space
 from ..registry import register_dataset
 from ._common import (
     NativeSegDataset,
@@ -32,7 +32,7 @@ from ._common import (
 
 # The official table (cityscapesscripts/helpers/labels.py): name, colour, label id, in train-id order.
 # Label ids 0-6, 9, 10, 14-16, 18, 29, 30 and -1 (license plate, never drawn; 255 as uint8) are void.
-CITYSCAPES = LabelSpace(
+CITYSCAPES = register_label_space(LabelSpace(
     name="cityscapes",
     classes=(
         ClassInfo("road", (128, 64, 128), (7,)),
@@ -58,7 +58,7 @@ CITYSCAPES = LabelSpace(
     # unlabeled, ego vehicle, rectification border, out of roi, static, dynamic, ground, parking,
     # rail track, guard rail, bridge, tunnel, polegroup, caravan, trailer, license plate (-1)
     void_ids=(0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, 255),
-)
+))
 
 #: The Cityscapes classes as stored in train-id files (``*_labelTrainIds.png``, BDD100K): 255 = void.
 CITYSCAPES_TRAIN_IDS = recode(CITYSCAPES, None, void_ids=(255,))

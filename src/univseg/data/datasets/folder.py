@@ -32,11 +32,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from ..base import DataError
+from ...errors import DataError
+from ..base import DATASET_IMAGE_SUFFIXES
 from ..label_space import IGNORE_INDEX, ClassInfo, LabelSpace, default_palette
 from ..registry import register_dataset
 from ._common import (
-    IMAGE_EXTS,
     NativeSegDataset,
     RootParams,
     find_images,
@@ -46,6 +46,7 @@ from ._common import (
     replace_suffix,
     require_dir,
     require_file,
+    require_listed_images,
     resolve,
     suffix_rule,
 )
@@ -86,7 +87,7 @@ class FolderParams(RootParams):
     void_values: list[int] = Field(default_factory=lambda: [IGNORE_INDEX], description="raw label values meaning ignore")
     name: str = Field("folder", description="label space name (datasets sharing classes should share it)")
     image_suffixes: list[str] = Field(
-        default_factory=lambda: list(IMAGE_EXTS), description="file-name endings that mark images (case-insensitive)"
+        default_factory=lambda: list(DATASET_IMAGE_SUFFIXES), description="file-name endings that mark images (case-insensitive)"
     )
     label_suffix: str = Field(".png", description="label file name = image name with its image suffix replaced by this")
     recursive: bool = Field(True, description="search image folders recursively")
@@ -142,9 +143,11 @@ LAYOUT = """  as configured: splits.<split>.image_dir (or image_list) and label_
 @register_dataset("folder", params=FolderParams, splits=SPLITS)
 def build_folder(params: FolderParams, split: str) -> NativeSegDataset:
     if split not in params.splits:
+        hint = f"add 'splits: {{{split}: {{image_dir: ..., label_dir: ...}}}}'"
         raise DataError(
             f"folder dataset '{params.name}' has no '{split}' split configured (configured: "
-            f"{', '.join(params.splits)}); add 'splits: {{{split}: {{image_dir: ..., label_dir: ...}}}}'"
+            f"{', '.join(params.splits)}); {hint}",
+            hint=hint,
         )
     s = params.splits[split]
     space = folder_label_space(params)
@@ -162,28 +165,33 @@ def build_folder(params: FolderParams, split: str) -> NativeSegDataset:
     list_file = require_file(resolve(root, s.image_list), f"'{split}' image list", LAYOUT)  # type: ignore[arg-type]
     rows = read_list_file(list_file, 1, 2)
     images = [resolve(root, r[0], listed=True) for r in rows]
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise DataError(f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]} (paths are relative to {root})")
+    require_listed_images(images, list_file, root, LAYOUT)
     two_cols = [len(r) == 2 for r in rows]
     if any(two_cols) and not all(two_cols):
-        raise DataError(f"{list_file}: either every line or no line must name a label ('image label')")
+        raise DataError(f"{list_file}: either every line or no line must name a label ('image label')", path=list_file)
     if all(two_cols):
         if label_dir is not None or s.label_list is not None:
-            raise DataError(f"{list_file} names the labels itself; remove label_dir / label_list from split '{split}'")
+            raise DataError(
+                f"{list_file} names the labels itself; remove label_dir / label_list from split '{split}'", path=list_file
+            )
         label_of = {im: resolve(root, r[1], listed=True) for im, r in zip(images, rows)}
     elif s.label_list is not None:
         label_file = require_file(resolve(root, s.label_list), f"'{split}' label list", LAYOUT)
         label_rows = read_list_file(label_file, 1, 1)
         if len(label_rows) != len(rows):
-            raise DataError(f"{label_file} has {len(label_rows)} lines but {list_file} has {len(rows)}; they must pair line by line")
+            raise DataError(
+                f"{label_file} has {len(label_rows)} lines but {list_file} has {len(rows)}; they must pair line by line",
+                path=label_file,
+            )
         label_of = {im: resolve(root, r[0], listed=True) for im, r in zip(images, label_rows)}
     elif label_dir is not None:
         label_of = {}
         for im in images:
             old = matching_suffix(im.name, params.image_suffixes)
             if old is None:
-                raise DataError(f"image {im} (from {list_file}) does not end with any of image_suffixes {params.image_suffixes}")
+                raise DataError(
+                    f"image {im} (from {list_file}) does not end with any of image_suffixes {params.image_suffixes}", path=im
+                )
             label_of[im] = label_dir / replace_suffix(im.name, old, params.label_suffix)
     else:
         return NativeSegDataset(space, images, None, root=root)

@@ -22,7 +22,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..label_space import ClassInfo, LabelSpace
+from ..label_space import ClassInfo, LabelSpace, register_label_space
 from ..registry import register_dataset
 from ._common import (
     NativeSegDataset,
@@ -36,7 +36,7 @@ from ._common import (
 )
 
 #: IDD level 1 (label value = class id, 255 = void). Colours: those of a representative level-3 class.
-IDD_LEVEL1 = LabelSpace(
+IDD_LEVEL1 = register_label_space(LabelSpace(
     name="idd_level1",
     classes=(
         ClassInfo("drivable", (128, 64, 128)),
@@ -48,7 +48,7 @@ IDD_LEVEL1 = LabelSpace(
         ClassInfo("sky", (70, 130, 180)),
     ),
     void_ids=(255,),
-)
+))
 
 # IDD level 3 (anue_labels.py, level3Id order): name, colour, level-1 class.
 IDD_LEVEL3_TABLE: tuple[tuple[str, tuple[int, int, int], str], ...] = (
@@ -81,11 +81,11 @@ IDD_LEVEL3_TABLE: tuple[tuple[str, tuple[int, int, int], str], ...] = (
 )
 
 #: IDD level 3 (label value = class id, 255 = void).
-IDD_LEVEL3 = LabelSpace(
+IDD_LEVEL3 = register_label_space(LabelSpace(
     name="idd_level3",
     classes=tuple(ClassInfo(name, color) for name, color, _ in IDD_LEVEL3_TABLE),
     void_ids=(255,),
-)
+))
 
 #: IDD level-1 classes read from level-3 label files (the official level3 -> level1 grouping).
 IDD_LEVEL1_FROM_LEVEL3 = recode(

@@ -15,9 +15,10 @@ from typing import Literal
 
 from pydantic import Field
 
-from ..label_space import ClassInfo, LabelSpace
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import ClassInfo, LabelSpace, register_label_space
 from ..registry import register_dataset
-from ._common import IMAGE_EXTS, NativeSegDataset, RootParams, find_images, pair_labels, require_dir, suffix_rule
+from ._common import NativeSegDataset, RootParams, find_images, pair_labels, require_dir, suffix_rule
 
 _V12: tuple[tuple[str, tuple[int, int, int]], ...] = (
     ("Bird", (165, 42, 42)), ("Ground Animal", (0, 192, 0)), ("Curb", (196, 196, 196)),
@@ -45,11 +46,11 @@ _V12: tuple[tuple[str, tuple[int, int, int]], ...] = (
 )  # fmt: skip
 
 #: Mapillary Vistas v1.2: label id = class id (0..64), 65 = Unlabeled (void).
-MAPILLARY_V12 = LabelSpace(
+MAPILLARY_V12 = register_label_space(LabelSpace(
     name="mapillary_v1.2",
     classes=tuple(ClassInfo(n, c) for n, c in _V12),
     void_ids=(65,),
-)
+))
 
 LAYOUT = """  <root>/{training,validation,testing}/images/*.jpg
   <root>/{training,validation}/v1.2/labels/*.png  (or <root>/{training,validation}/labels/*.png; ids 0..65, 65 = void)
@@ -69,11 +70,11 @@ def build_mapillary(params: MapillaryParams, split: str) -> NativeSegDataset:
     root = require_dir(params.root, "Mapillary Vistas root", LAYOUT)
     base = require_dir(root / _FOLDERS[split], f"Mapillary Vistas '{split}' folder", LAYOUT)
     image_dir = require_dir(base / "images", f"Mapillary Vistas '{split}' image folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
     if split == "test":
         return NativeSegDataset(MAPILLARY_V12, images, None, root=image_dir)
     label_dir = base / params.version / "labels"
     if not label_dir.is_dir():
         label_dir = require_dir(base / "labels", f"Mapillary Vistas '{split}' label folder", LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(MAPILLARY_V12, images, labels, root=image_dir)

@@ -15,10 +15,12 @@ from typing import Literal
 
 from pydantic import Field
 
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import register_label_space
 from ..registry import register_dataset
-from ._common import IMAGE_EXTS, NativeSegDataset, RootParams, find_images, offset_space, pair_labels, require_dir, suffix_rule
+from ._common import NativeSegDataset, RootParams, find_images, offset_space, pair_labels, require_dir, suffix_rule
 
-NYUV2_40 = offset_space(
+NYUV2_40 = register_label_space(offset_space(
     "nyuv2_40",
     (
         "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -27,12 +29,12 @@ NYUV2_40 = offset_space(
         "shower curtain", "box", "whiteboard", "person", "night stand", "toilet", "sink", "lamp",
         "bathtub", "bag", "otherstructure", "otherfurniture", "otherprop",
     ),  # "refridgerator": sic, the official spelling
-)  # fmt: skip
+))  # fmt: skip
 
-NYUV2_13 = offset_space(
+NYUV2_13 = register_label_space(offset_space(
     "nyuv2_13",
     ("bed", "books", "ceiling", "chair", "floor", "furniture", "objects", "painting", "sofa", "table", "tv", "wall", "window"),
-)
+))
 
 LAYOUT = """  <root>/image/{train,test}/*.png
   <root>/label40/{train,test}/*.png  and/or  <root>/label13/{train,test}/*.png  (same stem; 0 = void, k = class k-1)"""
@@ -50,6 +52,6 @@ def build_nyuv2(params: NyuV2Params, split: str) -> NativeSegDataset:
     root = require_dir(params.root, "NYUv2 root", LAYOUT)
     image_dir = require_dir(root / "image" / split, f"NYUv2 '{split}' image folder", LAYOUT)
     label_dir = require_dir(root / f"label{params.classes}" / split, f"NYUv2 '{split}' {params.classes}-class label folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(space, images, labels, root=image_dir)

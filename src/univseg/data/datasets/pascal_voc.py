@@ -16,34 +16,30 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..base import DataError
-from ..label_space import ClassInfo, LabelSpace
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import ClassInfo, LabelSpace, register_label_space, voc_color
 from ..registry import register_dataset
-from ._common import IMAGE_EXTS, NativeSegDataset, RootParams, pair_labels, read_list_file, require_dir, require_file, resolve
+from ._common import (
+    NativeSegDataset,
+    RootParams,
+    pair_labels,
+    read_list_file,
+    require_dir,
+    require_file,
+    require_listed_images,
+    resolve,
+)
 
 _NAMES = (
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
     "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
 )  # fmt: skip
 
-
-def voc_color(i: int) -> tuple[int, int, int]:
-    """Colour of index ``i`` in the VOC palette (bit-interleaving of the index)."""
-    r = g = b = 0
-    c = i
-    for j in range(8):
-        r |= ((c >> 0) & 1) << (7 - j)
-        g |= ((c >> 1) & 1) << (7 - j)
-        b |= ((c >> 2) & 1) << (7 - j)
-        c >>= 3
-    return (r, g, b)
-
-
-PASCAL_VOC = LabelSpace(
+PASCAL_VOC = register_label_space(LabelSpace(
     name="pascal_voc",
     classes=tuple(ClassInfo(n, voc_color(i)) for i, n in enumerate(_NAMES)),
     void_ids=(255,),
-)
+))
 
 LAYOUT = """  <root>/JPEGImages/{id}.jpg
   <root>/SegmentationClass/{id}.png  (palette indices, 255 = void)
@@ -53,7 +49,7 @@ LAYOUT = """  <root>/JPEGImages/{id}.jpg
 
 def _image_of(image_dir: Path, image_id: str) -> Path:
     """``JPEGImages/{id}.jpg`` (or a re-encoded ``.png``/``.jpeg`` when only that exists)."""
-    for ext in IMAGE_EXTS[1:] + IMAGE_EXTS[:1]:  # .jpg first
+    for ext in DATASET_IMAGE_SUFFIXES[1:] + DATASET_IMAGE_SUFFIXES[:1]:  # .jpg first
         if (image_dir / f"{image_id}{ext}").is_file():
             return image_dir / f"{image_id}{ext}"
     return image_dir / f"{image_id}.jpg"
@@ -73,9 +69,7 @@ def build_pascal_voc(params: PascalVocParams, split: str) -> NativeSegDataset:
     list_file = require_file(root / "ImageSets" / "Segmentation" / f"{split}.txt", f"PASCAL VOC '{split}' list", LAYOUT)
     rows = read_list_file(list_file, 1, 2)
     images = [_image_of(image_dir, r[0]) if len(r) == 1 else resolve(root, r[0], listed=True) for r in rows]
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise DataError(f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]}; expected layout:\n{LAYOUT}")
+    require_listed_images(images, list_file, root, LAYOUT)
     label_of = {im: label_dir / f"{r[0]}.png" if len(r) == 1 else resolve(root, r[1], listed=True) for im, r in zip(images, rows)}
     labels = pair_labels(images, label_of.__getitem__, f"fix {list_file}")
     return NativeSegDataset(PASCAL_VOC, images, labels, root=image_dir)

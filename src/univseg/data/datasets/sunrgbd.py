@@ -17,10 +17,10 @@ from pathlib import Path
 
 from pydantic import Field
 
-from ..base import DataError
+from ..base import DATASET_IMAGE_SUFFIXES
+from ..label_space import register_label_space
 from ..registry import register_dataset
 from ._common import (
-    IMAGE_EXTS,
     NativeSegDataset,
     RootParams,
     find_images,
@@ -29,11 +29,12 @@ from ._common import (
     read_list_file,
     require_dir,
     require_file,
+    require_listed_images,
     resolve,
     suffix_rule,
 )
 
-SUNRGBD = offset_space(
+SUNRGBD = register_label_space(offset_space(
     "sunrgbd",
     (
         "wall", "floor", "cabinet", "bed", "chair", "sofa", "table", "door", "window", "bookshelf",
@@ -41,7 +42,7 @@ SUNRGBD = offset_space(
         "floor_mat", "clothes", "ceiling", "books", "fridge", "tv", "paper", "towel", "shower_curtain",
         "box", "whiteboard", "person", "night_stand", "toilet", "sink", "lamp", "bathtub", "bag",
     ),
-)  # fmt: skip
+))  # fmt: skip
 
 LAYOUT = """  either list files: <root>/<list_dir>/{train,test}.txt with lines 'image_path label_path' (relative to root)
   or folders:        <root>/{train,test}/image/*.jpg  and  <root>/{train,test}/label/*.png  (same stem)
@@ -60,12 +61,7 @@ def build_from_list(list_file: Path, base: Path, space, layout: str) -> NativeSe
     """Pairs from a list file with one 'image label' line per sample (paths relative to ``base``)."""
     rows = read_list_file(list_file, 2, 2)
     images = [resolve(base, r[0], listed=True) for r in rows]
-    missing = [p for p in images if not p.is_file()]
-    if missing:
-        raise DataError(
-            f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]}; "
-            f"paths are relative to {base}; expected layout:\n{layout}"
-        )
+    require_listed_images(images, list_file, base, layout)
     label_of = {im: resolve(base, r[1], listed=True) for im, r in zip(images, rows)}
     labels = pair_labels(images, label_of.__getitem__, f"fix {list_file}")
     return NativeSegDataset(space, images, labels, root=base)
@@ -80,6 +76,6 @@ def build_sunrgbd(params: SunRgbdParams, split: str) -> NativeSegDataset:
         return build_from_list(list_file, root, SUNRGBD, LAYOUT)
     image_dir = require_dir(root / split / "image", f"SUN RGB-D '{split}' image folder", LAYOUT)
     label_dir = require_dir(root / split / "label", f"SUN RGB-D '{split}' label folder", LAYOUT)
-    images = find_images(image_dir, IMAGE_EXTS, layout=LAYOUT)
-    labels = pair_labels(images, suffix_rule(image_dir, label_dir, IMAGE_EXTS, ".png"))
+    images = find_images(image_dir, DATASET_IMAGE_SUFFIXES, layout=LAYOUT)
+    labels = pair_labels(images, suffix_rule(image_dir, label_dir, DATASET_IMAGE_SUFFIXES, ".png"))
     return NativeSegDataset(SUNRGBD, images, labels, root=image_dir)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .registry import Backbone, download_state_dict, register_backbone
 
 DRN_URLS = {
@@ -90,7 +91,7 @@ class DRN_D(Backbone):
     def __init__(self, units: tuple[int, ...]) -> None:
         super().__init__()
         if len(units) != 8 or min(units) < 1:
-            raise ValueError(f"DRN-D needs 8 stage sizes >= 1, got {units}")
+            raise ConfigError(f"model.backbone_args: DRN-D needs 8 stage sizes >= 1, got {units}", key="model.backbone_args")
         c = CHANNELS
         self.out_channels = c[7]
         self.output_stride = 8

@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ...errors import ConfigError
 from .registry import Backbone, register_backbone
 
 #: Dropout of the reference ERFNet: (64-channel blocks, 128-channel blocks).
@@ -30,7 +31,10 @@ class DownsamplerBlock(nn.Module):
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         if out_channels <= in_channels:
-            raise ValueError(f"downsampler needs out_channels > in_channels, got {in_channels}->{out_channels}")
+            raise ConfigError(
+                f"model.backbone_args: downsampler needs out_channels > in_channels, got {in_channels}->{out_channels}",
+                key="model.backbone_args",
+            )
         self.conv = nn.Conv2d(in_channels, out_channels - in_channels, 3, stride=2, padding=1, bias=True)
         # ceil_mode makes the pooled size ceil(H/2) like the convolution's, so odd sizes work.
         self.pool = nn.MaxPool2d(2, stride=2, ceil_mode=True)
@@ -81,9 +85,9 @@ class ERFNetEncoder(Backbone):
     def __init__(self, width: float = 1.0, dropout: float | None = None) -> None:
         super().__init__()
         if not width > 0:
-            raise ValueError(f"erfnet width must be > 0, got {width}")
+            raise ConfigError(f"model.backbone_args: erfnet width must be > 0, got {width}", key="model.backbone_args")
         if dropout is not None and not 0.0 <= dropout < 1.0:
-            raise ValueError(f"erfnet dropout must be in [0, 1), got {dropout}")
+            raise ConfigError(f"model.backbone_args: erfnet dropout must be in [0, 1), got {dropout}", key="model.backbone_args")
         p64, p128 = ERFNET_DROPOUT if dropout is None else (dropout, dropout)
         # Minimums keep each downsampler's output wider than its input at tiny widths.
         c16 = max(4, round(16 * width))

@@ -24,6 +24,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor, nn
 
+from ...errors import CheckpointError, ConfigError
 from ...registry import Registry
 
 #: Checkpoint keys ending like this are BatchNorm counters; old checkpoints lack them and
@@ -100,10 +101,10 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
         **kwargs: options of that backbone (e.g. ``width`` and ``dropout`` for ``erfnet``).
 
     Raises:
-        TypeError: an option the backbone does not accept (the accepted ones are listed).
-        ValueError: ``"imagenet"`` for a backbone without ImageNet weights, or a weights file
-            that does not fit (no matching key, or shape mismatches).
-        FileNotFoundError: ``pretrained`` is a path that does not exist.
+        ConfigError: an option the backbone does not accept (the accepted ones are listed), or
+            ``"imagenet"`` for a backbone without ImageNet weights.
+        CheckpointError: ``pretrained`` is a weights file that does not exist, cannot be read, or
+            does not fit (no matching key, or shape mismatches).
     """
     spec = BACKBONES.get(name)
     params = inspect.signature(spec.build).parameters
@@ -111,21 +112,27 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     unknown = sorted(set(kwargs) - set(params))
     if unknown and not takes_any:
         accepted = ", ".join(params) or "none"
-        raise TypeError(f"backbone '{name}' got unknown option(s) {unknown}; accepted options: {accepted}")
+        raise ConfigError(
+            f"model.backbone_args: backbone '{name}' got unknown option(s) {unknown}; accepted options: {accepted}",
+            key="model.backbone_args",
+            values=unknown,
+        )
     model = spec.build(**kwargs)
     if pretrained is None:
         return model
     if not isinstance(pretrained, (str, os.PathLike)):
-        raise TypeError(
-            f"pretrained must be None, 'imagenet' or a file path, got {type(pretrained).__name__}"
+        raise ConfigError(
+            f"model.pretrained must be None, 'imagenet' or a file path, got {type(pretrained).__name__}",
+            key="model.pretrained",
         )
     if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
         if spec.imagenet is None:
             reason = f" ({spec.no_imagenet_reason})" if spec.no_imagenet_reason else ""
-            raise ValueError(
-                f"backbone '{name}' has no ImageNet weights to download{reason}; use "
+            raise ConfigError(
+                f"model.pretrained: backbone '{name}' has no ImageNet weights to download{reason}; use "
                 f"pretrained=None for random initialisation, or pretrained='/path/to/weights.pth' "
-                f"to load a local weights file"
+                f"to load a local weights file",
+                key="model.pretrained",
             )
         load_backbone_weights(model, spec.imagenet(), source=f"ImageNet weights of '{name}'")
     else:
@@ -160,16 +167,20 @@ def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
     """Load a weights file without executing code (``torch.load(weights_only=True)``)."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise FileNotFoundError(f"backbone weights file not found: {path}")
+        raise CheckpointError(f"backbone weights file not found: {path}", path=path, key="model.pretrained")
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle errors for files holding arbitrary objects, corrupt files
-        raise ValueError(
+        raise CheckpointError(
             f"could not read backbone weights file {path} with torch.load(weights_only=True) "
-            f"(only tensors and plain containers are accepted, no code is executed): {err}"
+            f"(only tensors and plain containers are accepted, no code is executed): {err}",
+            path=path,
+            key="model.pretrained",
         ) from err
     if not isinstance(obj, Mapping):
-        raise ValueError(f"backbone weights file {path} holds a {type(obj).__name__}, not a state dict")
+        raise CheckpointError(
+            f"backbone weights file {path} holds a {type(obj).__name__}, not a state dict", path=path, key="model.pretrained"
+        )
     return obj
 
 
@@ -204,8 +215,7 @@ def load_backbone_weights(
     are skipped. Missing and unexpected keys are reported with a ``UserWarning`` listing them.
 
     Raises:
-        FileNotFoundError: ``weights`` is a path that does not exist.
-        ValueError: no key of the checkpoint matches the model (both key sets are shown), or
+        CheckpointError: ``weights`` is a path that does not exist or cannot be read, no key of the checkpoint matches the model (both key sets are shown), or
             some matching keys have a different shape (listed).
     """
     if isinstance(weights, (str, os.PathLike)):
@@ -228,16 +238,18 @@ def load_backbone_weights(
     name = type(model).__name__
     matched = [k for k in state if k in own]
     if not matched:
-        raise ValueError(
+        raise CheckpointError(
             f"no key of {source} matches backbone {name}: it has {len(state)} tensor(s) "
-            f"{_preview(sorted(state))}, the backbone expects e.g. {_preview(list(own))}"
+            f"{_preview(sorted(state))}, the backbone expects e.g. {_preview(list(own))}",
+            key="model.pretrained",
         )
     bad = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
            for k in matched if state[k].shape != own[k].shape]
     if bad:
-        raise ValueError(
+        raise CheckpointError(
             f"{len(bad)} tensor(s) of {source} have the wrong shape for backbone {name} "
-            f"(another architecture or width?): {_preview(bad)}"
+            f"(another architecture or width?): {_preview(bad)}",
+            key="model.pretrained",
         )
     result = model.load_state_dict({k: state[k] for k in matched}, strict=False)
     report.loaded = matched

@@ -15,6 +15,7 @@ from typing import Any, Callable
 from torch import Tensor, nn
 from torchvision import models as tvm
 
+from ...errors import ConfigError
 from .registry import Backbone, download_state_dict, register_backbone
 
 
@@ -28,7 +29,7 @@ def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
     in the strided network. Works for torchvision ``BasicBlock`` and ``Bottleneck`` alike.
     """
     if dilation < 1:
-        raise ValueError(f"dilation must be >= 1, got {dilation}")
+        raise ConfigError(f"model.backbone_args: dilation must be >= 1, got {dilation}", key="model.backbone_args")
     for index, block in enumerate(layer):
         for conv in block.modules():
             if not isinstance(conv, nn.Conv2d):

@@ -9,15 +9,16 @@ maps (label spaces differ). Per step, for every domain::
     L_semi = CE(S(x_u), argmax S(x_u)) over unlabeled pixels with sigmoid(D(softmax(S(x_u)))) > T_semi
     L_D   = BCE(D(one-hot(y)), 1) + BCE(D(softmax(S(x)).detach()), 0)   (ignore pixels excluded)
 
-``losses`` builds L_seg with D frozen (its parameters do not require grad, so the trainer's single
-backward reaches the model through D but leaves D's weights alone) and stashes the detached
-probabilities; ``after_step`` then updates every D with Adam from the stash. As in the authors'
+``losses`` builds L_seg with D frozen (its parameters do not require grad, so the model's backward
+reaches the model through D but leaves D's weights alone) and stashes the detached probabilities;
+``auxiliary_losses`` then gives L_D from the stash, which the trainer minimises with the Adam
+optimizer the method asks for (``auxiliary_optimizers``), on the same poly schedule as the model. As in the authors'
 code, D sees the predictions of labeled and unlabeled images as fake, and the one-hot ground truth
 (zeros at ignore pixels, excluded from the loss) as real.
 """
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 import torch.nn.functional as F
@@ -26,8 +27,7 @@ from torch import nn
 from ..data.label_space import LabelSpace
 from ..losses import supervised_ce
 from ..models.universal import upsample
-from ..utils import dist
-from .methods import METHODS, Method
+from .base import METHODS, AuxiliaryOptimizer, Batches, CentroidSource, Method
 
 
 class Discriminator(nn.Module):
@@ -79,14 +79,15 @@ def semi_loss(
     return supervised_ce(logits, target, ignore_index), confident
 
 
+@METHODS.register("adversarial")
 class AdversarialSemiSupervised(Method):
     """Hung et al. 2018 over the trained domains, one discriminator per domain (see the module doc).
 
     Logged terms: ``ce_<domain>``, ``sup`` (sum of the CEs), ``adv`` and ``semi`` (their weighted
     contributions, so ``loss = sup + adv + semi``; ``semi`` only from iteration ``semi_start`` on)
-    and, from ``after_step``, ``d_loss`` (sum over domains of the unweighted discriminator loss).
-    The discriminator learning rate decays as ``lr * (1 - t / total_iters) ** power`` when
-    ``total_iters`` is set (the trainer sets it to ``train.iters``), else stays constant.
+    and, from ``auxiliary_losses``, ``d_loss`` (sum over domains of the unweighted discriminator loss).
+    The discriminators' Adam learning rate starts at ``method.adversarial.lr`` and follows the
+    trainer's schedule (poly decay over ``train.iters``), like the model's.
     """
 
     needs_unlabeled = True
@@ -98,39 +99,28 @@ class AdversarialSemiSupervised(Method):
             {k: Discriminator(ls.num_classes, self.acfg.ndf) for k, ls in self.label_spaces.items()}
         )
         self.discriminators.requires_grad_(False)
-        self.d_optimizer = torch.optim.Adam(
-            self._d_params(), lr=self.acfg.lr, betas=tuple(self.acfg.betas)
-        )
         self.iteration = 0
         self._stash: dict[str, dict[str, torch.Tensor]] = {}
 
-    def _d_params(self) -> list[nn.Parameter]:
-        return list(self.discriminators.parameters())
+    def auxiliary_optimizers(self) -> dict[str, AuxiliaryOptimizer]:
+        betas = tuple(self.acfg.betas)
+        return {
+            "discriminators": AuxiliaryOptimizer(
+                list(self.discriminators.parameters()),
+                self.acfg.lr,
+                lambda params: torch.optim.Adam(params, lr=self.acfg.lr, betas=betas),
+            )
+        }
 
-    def to(self, device: torch.device) -> "AdversarialSemiSupervised":
-        self.discriminators.to(device)
-        # re-home Adam's state too (empty before the first step)
-        for state in self.d_optimizer.state.values():
-            for k, v in state.items():
-                if isinstance(v, torch.Tensor) and k != "step":
-                    state[k] = v.to(device)
-        return self
-
-    def prepare(self, iteration: int, centroid_source) -> None:
+    def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
         self.iteration = iteration
 
-    def d_lr(self, iteration: int) -> float:
-        """The discriminator's learning rate at ``iteration`` (poly decay over ``total_iters``)."""
-        if not self.total_iters:
-            return self.acfg.lr
-        return self.acfg.lr * (1 - min(iteration, self.total_iters) / self.total_iters) ** self.acfg.power
-
     # ------------------------------------------------------------------ segmentation network
-    def losses(self, model: nn.Module, batches: Mapping[str, Mapping[str, Any]]) -> dict[str, torch.Tensor]:
+    def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         a = self.acfg
         semi_on = self.iteration >= a.semi_start
         self.discriminators.requires_grad_(False)
-        outputs, n_labeled = self.forward(model, batches, unlabeled=True, embed=False)
+        outputs, n_labeled = self.run_model(model, batches, unlabeled=True, embed=False)
 
         terms: dict[str, torch.Tensor] = {}
         sup = adv = semi = 0.0
@@ -174,38 +164,13 @@ class AdversarialSemiSupervised(Method):
         fake = masked_bce(disc(probs.float()), 0.0, fake_mask)
         return real + fake
 
-    def after_step(self, iteration: int) -> dict[str, torch.Tensor]:
+    def auxiliary_losses(self, iteration: int) -> dict[str, dict[str, torch.Tensor]]:
         if not self._stash:
             return {}
         self.discriminators.requires_grad_(True)
         self.discriminators.train()
-        for group in self.d_optimizer.param_groups:
-            group["lr"] = self.d_lr(iteration)
-        self.d_optimizer.zero_grad(set_to_none=True)
         d_loss = 0.0
         for d, s in self._stash.items():
             d_loss = d_loss + self.discriminator_loss(d, s["probs"], s["label"])
-        d_loss.backward()
-        if dist.world_size() > 1:  # keep the per-rank copies of D identical
-            for p in self._d_params():
-                if p.grad is not None:
-                    dist.all_reduce_sum(p.grad).div_(dist.world_size())
-        self.d_optimizer.step()
-        self.discriminators.requires_grad_(False)
         self._stash = {}
-        return {"d_loss": d_loss.detach()}
-
-    # ------------------------------------------------------------------ checkpoints
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "discriminators": {k: m.state_dict() for k, m in self.discriminators.items()},
-            "d_optimizer": self.d_optimizer.state_dict(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        for k, m in self.discriminators.items():
-            m.load_state_dict(state["discriminators"][k])
-        self.d_optimizer.load_state_dict(state["d_optimizer"])
-
-
-METHODS.register("adversarial", AdversarialSemiSupervised)
+        return {"discriminators": {"loss": d_loss, "d_loss": d_loss.detach()}}

@@ -1,0 +1,99 @@
+"""The contract every training method fulfils, and the registry the methods register into.
+
+A method is an ``nn.Module``: its state (centroid buffers, auxiliary networks such as
+discriminators) is saved with ``state_dict``, moved with ``.to`` and kept identical across
+ranks by the method itself. The trainer owns every optimizer and the one learning-rate
+schedule; a method only says which auxiliary parameters need one (``auxiliary_optimizers``).
+
+Per iteration the trainer calls::
+
+    method.before_step(t, centroid_source)          # e.g. compute centroids once warm-up ends
+    terms = method.losses(model, batches)           # {'loss': total, other terms...}
+    terms['loss'].backward(); optimizers['model'].step()
+    for name, aux in method.auxiliary_losses(t).items():   # e.g. the discriminators' own loss
+        aux['loss'].backward(); optimizers[name].step()
+
+``batches[domain]`` holds ``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
+when ``needs_unlabeled``, ``unlabeled`` [B',3,H,W].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping
+
+import torch
+from torch import nn
+
+from ..data.label_space import LabelSpace
+from ..registry import Registry
+
+# (domain name -> (per-class embedding sums [K, D], pixel counts [K])) over a domain's labeled set
+CentroidSource = Callable[[], Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
+Batches = Mapping[str, Mapping[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class AuxiliaryOptimizer:
+    """An optimizer the trainer builds, schedules and checkpoints for a method's auxiliary networks.
+
+    ``build(params)`` makes the optimizer; its learning rate follows the trainer's schedule scaled
+    to ``lr`` (the rate at iteration 0).
+    """
+
+    params: list[nn.Parameter]
+    lr: float
+    build: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+
+
+class Method(nn.Module):
+    """Base class: what loss one step computes from per-domain batches (see the module doc)."""
+
+    needs_unlabeled: bool = False
+
+    def __init__(self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.label_spaces = dict(label_spaces)
+        self.embed_dim = embed_dim
+
+    def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
+        """Hook before the step of ``iteration``."""
+
+    def run_model(
+        self, model: nn.Module, batches: Batches, unlabeled: bool, embed: bool
+    ) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, int]]:
+        """One model call over every domain's labeled images and, if ``unlabeled``, its unlabeled ones.
+
+        Returns the model's outputs (per domain: the labeled images' rows first, then the unlabeled
+        ones) and the number of labeled images per domain. ``method.unlabeled_forward`` decides
+        whether the unlabeled images share the labeled images' encoder pass (``together``: one set
+        of BatchNorm batch statistics over both) or get their own (``separate``).
+        """
+        inputs, n_labeled = {}, {}
+        for d, b in batches.items():
+            n_labeled[d] = b["image"].shape[0]
+            inputs[d] = b["image"]
+            if unlabeled and "unlabeled" in b and b["unlabeled"].shape[0] > 0:
+                parts = [b["image"], b["unlabeled"]]
+                inputs[d] = parts if self.cfg.unlabeled_forward == "separate" else torch.cat(parts)
+        return model(inputs, embed=embed), n_labeled
+
+    def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+        """The loss terms of one step for the model's optimizer; ``'loss'`` is what is minimised."""
+        raise NotImplementedError
+
+    def auxiliary_optimizers(self) -> dict[str, AuxiliaryOptimizer]:
+        """Optimizers the method's auxiliary networks need, by name (none by default)."""
+        return {}
+
+    def auxiliary_losses(self, iteration: int) -> dict[str, dict[str, torch.Tensor]]:
+        """After the model's step: ``{optimizer name: terms with 'loss'}`` for each auxiliary optimizer."""
+        return {}
+
+
+METHODS: Registry[Callable[..., Method]] = Registry("method")
+
+
+def build_method(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """Build the method named ``cfg.name`` (a MethodConfig) for the trained domains' label spaces."""
+    return METHODS.get(cfg.name)(cfg, label_spaces, embed_dim)

@@ -1,0 +1,129 @@
+"""Kalluri et al. 2019, "Universal Semi-Supervised Semantic Segmentation", and its presets.
+
+L = L_sup + lambda_1 L_{u,c} + lambda_2 L_{u,w}. Presets (each states its lambdas here):
+
+    single      one domain, supervised only            lambda_1 = lambda_2 = 0
+    joint       Univ-basic: all domains, supervised    lambda_1 = lambda_2 = 0
+    univ-cross  + cross-domain entropy                 lambda_1 = method.lambda_cross, lambda_2 = 0
+    univ-full   + within-domain entropy                lambda_1 = method.lambda_cross, lambda_2 = method.lambda_within
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from ..data.label_space import LabelSpace
+from ..errors import ConfigError
+from ..losses import CentroidBank, alignment_entropy, supervised_ce
+from ..models.universal import upsample
+from .base import METHODS, Batches, CentroidSource, Method
+
+
+class UniversalSemiSupervised(Method):
+    """Supervised CE per domain plus entropy alignment of unlabeled embeddings to class centroids.
+
+    losses(): one model call over all domains -> per-domain CE on labeled pixels; once the
+    centroids exist, the entropy of unlabeled embeddings of domain i against the centroids of
+    domain j, summed over ordered pairs i != j (cross) and i == j (within). The centroid bank is a
+    submodule (buffers), set from the labeled sets when the warm-up ends (``before_step``) and,
+    in ``ema`` mode, updated from every labeled batch (synchronised across ranks).
+    """
+
+    def __init__(
+        self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int, lambda_cross: float, lambda_within: float
+    ) -> None:
+        super().__init__(cfg, label_spaces, embed_dim)
+        self.lambda_cross = lambda_cross
+        self.lambda_within = lambda_within
+        self.needs_unlabeled = lambda_cross > 0 or lambda_within > 0
+        self.bank = CentroidBank(
+            {k: ls.num_classes for k, ls in self.label_spaces.items()}, embed_dim, cfg.centroids.mode, cfg.centroids.momentum
+        )
+
+    def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
+        if self.needs_unlabeled and not self.bank.ready and iteration >= self.cfg.warmup_iters:
+            for domain, (sums, counts) in centroid_source().items():
+                self.bank.set_from_sums(domain, sums, counts)
+            self.bank.ready = True
+
+    def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+        align = self.needs_unlabeled and self.bank.ready
+        outputs, n_labeled = self.run_model(model, batches, unlabeled=align, embed=align)
+
+        terms: dict[str, torch.Tensor] = {}
+        sup = 0.0
+        unlabeled_emb = {}
+        for d, out in outputs.items():
+            n = n_labeled[d]
+            label = batches[d]["label"]
+            ce = supervised_ce(out[d][:n], label, self.label_spaces[d].ignore_index)
+            terms[f"ce_{d}"] = ce.detach()
+            sup = sup + ce
+            if align:
+                emb = out["embedding"]
+                size = tuple(label.shape[-2:])
+                self.bank.update(d, upsample(emb[:n].detach(), size), label, self.label_spaces[d].ignore_index)
+                if emb.shape[0] > n:
+                    unlabeled_emb[d] = upsample(emb[n:], size) if self.cfg.entropy_resolution == "input" else emb[n:]
+        total = sup
+        terms["sup"] = sup.detach()
+        if align and unlabeled_emb:
+            within, cross = self._entropies(unlabeled_emb)
+            if self.lambda_within > 0:
+                terms["ent_within"] = within.detach()
+                total = total + self.lambda_within * within
+            if self.lambda_cross > 0:
+                terms["ent_cross"] = cross.detach()
+                total = total + self.lambda_cross * cross
+        terms["loss"] = total
+        return terms
+
+    def _entropies(self, unlabeled_emb: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum over i of H(e_i, c_i), sum over ordered pairs i != j of H(e_i, c_j))."""
+        within = cross = next(iter(unlabeled_emb.values())).new_zeros(())
+        for i, emb in unlabeled_emb.items():
+            for j in self.label_spaces:
+                weight = self.lambda_within if i == j else self.lambda_cross
+                if weight == 0:
+                    continue
+                c, valid = self.bank.get(j)
+                h = alignment_entropy(emb, c, valid, self.cfg.similarity, self.cfg.temperature)
+                if i == j:
+                    within = within + h
+                else:
+                    cross = cross + h
+        return within, cross
+
+
+@METHODS.register("single")
+def single(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """Supervised training on one domain (lambda_1 = lambda_2 = 0)."""
+    if len(label_spaces) != 1:
+        raise ConfigError(
+            f"method 'single' trains one domain but got {sorted(label_spaces)}; "
+            "set method.domains to one domain, e.g. --set method.domains=[NAME]",
+            key="method.domains",
+        )
+    return UniversalSemiSupervised(cfg, label_spaces, embed_dim, lambda_cross=0.0, lambda_within=0.0)
+
+
+@METHODS.register("joint")
+def joint(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """Univ-basic: supervised training of all domains in one model (lambda_1 = lambda_2 = 0)."""
+    return UniversalSemiSupervised(cfg, label_spaces, embed_dim, lambda_cross=0.0, lambda_within=0.0)
+
+
+@METHODS.register("univ-cross")
+def univ_cross(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """Univ-cross: lambda_1 = method.lambda_cross, lambda_2 = 0."""
+    return UniversalSemiSupervised(cfg, label_spaces, embed_dim, lambda_cross=cfg.lambda_cross, lambda_within=0.0)
+
+
+@METHODS.register("univ-full")
+def univ_full(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """Univ-full: lambda_1 = method.lambda_cross, lambda_2 = method.lambda_within."""
+    return UniversalSemiSupervised(
+        cfg, label_spaces, embed_dim, lambda_cross=cfg.lambda_cross, lambda_within=cfg.lambda_within
+    )
