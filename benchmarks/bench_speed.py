@@ -93,6 +93,8 @@ def _mem_total_gib() -> float | None:
 def machine_info() -> dict[str, Any]:
     import torch
 
+    from univseg.engine.precision import cpu_has_native_bf16
+
     info: dict[str, Any] = {
         "date": _dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "cpu_model": _cpu_model(),
@@ -103,7 +105,7 @@ def machine_info() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
-        "bf16_native_cpu": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "bf16_native_cpu": cpu_has_native_bf16(),
         "cuda": torch.cuda.is_available(),
         "loadavg": _loadavg(),
         "env": {k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "GOMP_SPINCOUNT")},

@@ -99,3 +99,15 @@ def test_init_from_checkpoint_copies_encoder_and_keeps_new_head_fresh(tmp_path, 
     other = build_model(validate_config(tiny_raw).model, {"rural": 8})
     with pytest.raises(CheckpointError, match="embedding"):
         init_from_checkpoint(other, ckpt, {"rural": LABEL_SPACES["coarse"]})
+
+
+@pytest.mark.parametrize("avx512_bf16, amx, expected", [(False, False, "none"), (True, False, "bf16"), (False, True, "bf16")])
+def test_amp_auto_picks_bf16_only_on_cpus_with_native_bf16(monkeypatch, avx512_bf16, amx, expected):
+    """Plain AVX-512 lets oneDNN emulate bf16 (slower than fp32): auto must not take it."""
+    from univseg.engine.precision import resolve_amp
+
+    monkeypatch.setattr(torch.ops.mkldnn, "_is_mkldnn_bf16_supported", lambda: True, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    assert resolve_amp("auto", torch.device("cpu")) == expected
+    assert resolve_amp("bf16", torch.device("cpu")) == "bf16" and resolve_amp("none", torch.device("cpu")) == "none"

@@ -108,6 +108,8 @@ class Trainer:
         }
         self.base_lrs: dict[str, float | None] = {MODEL_OPTIMIZER: None}  # None: the model's own lr
         for name, aux in self.method.auxiliary_optimizers().items():
+            if name == MODEL_OPTIMIZER:
+                raise ValueError(f"method '{cfg.method.name}': '{MODEL_OPTIMIZER}' names the model's optimizer; rename its own")
             self.optimizers[name] = aux.build(aux.params)
             self.base_lrs[name] = aux.lr
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
