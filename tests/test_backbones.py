@@ -1,6 +1,7 @@
-"""Backbones: shapes at stride 8, gradients, determinism, lookup errors and weight loading."""
+"""Backbones: both feature levels, shapes at stride 8, gradients, determinism, lookup errors and weight loading."""
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 
@@ -10,7 +11,6 @@ from torch import nn
 
 import univseg.models  # noqa: F401  (the package import registers the backbones)
 from univseg.models.backbones import BACKBONES, Backbone, build_backbone, load_backbone_weights
-from univseg.models.backbones import drn as drn_module
 from univseg.models.backbones.resnet import dilate_layer
 from univseg.errors import CheckpointError, ConfigError, UnknownNameError
 
@@ -42,7 +42,8 @@ def n_params(model: nn.Module) -> int:
 
 
 def test_registry_has_the_promised_names():
-    assert set(ALL) == {"erfnet", "drn_d_22", "drn_d_38", "resnet18", "resnet50", "resnet101"}
+    assert set(ALL) == {"erfnet", "drn_d_22", "drn_d_38", "resnet18", "resnet50", "resnet101",
+                        "mobilenet_v2", "efficientnet_lite0"}
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -67,6 +68,26 @@ def test_eval_shapes_any_size_and_determinism(name):
     assert a.shape == (1, model.out_channels, math.ceil(67 / 8), math.ceil(101 / 8))
     assert torch.isfinite(a).all()
     assert torch.equal(a, b)
+
+
+def small_args(name: str) -> dict:
+    """A small width for backbones that have a ``width`` option (erfnet: 0.25)."""
+    return {"width": 0.25} if "width" in inspect.signature(BACKBONES.get(name).build).parameters else {}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_forward_features_has_both_levels_and_forward_is_out(name):
+    model = small(name, **small_args(name)).eval()
+    assert isinstance(model.low_level_channels, int)
+    x = torch.randn(2, 3, 67, 93)  # odd sizes: every level is ceil(size / stride)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        out = model(x)
+    assert set(feats) == {"low", "out"}
+    assert feats["low"].shape == (2, model.low_level_channels, math.ceil(67 / 4), math.ceil(93 / 4))
+    s = model.output_stride
+    assert feats["out"].shape == (2, model.out_channels, math.ceil(67 / s), math.ceil(93 / s))
+    assert torch.equal(out, feats["out"])
 
 
 def test_unknown_name_lists_names_and_suggests():
@@ -248,36 +269,78 @@ def test_erfnet_imagenet_is_a_clear_error():
         build_backbone("erfnet", pretrained="imagenet")
 
 
-def test_imagenet_downloads_official_urls(monkeypatch):
-    """The download path, without network: the URL is the official one, fc is dropped."""
-    calls = []
-    src = randomised("drn_d_22")
-
-    def fake_download(url, **kw):
-        calls.append((url, kw))
-        sd = dict(src.state_dict())
-        sd["fc.weight"], sd["fc.bias"] = torch.zeros(1000, 512, 1, 1), torch.zeros(1000)
-        return sd
-
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", fake_download)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        dst = build_backbone("drn_d_22", pretrained="imagenet")
-    assert params_equal(src, dst)
-    assert calls[0][0] == drn_module.DRN_URLS["drn_d_22"] == "http://dl.yf.io/drn/drn_d_22-4bd2f8ea.pth"
-    assert calls[0][1]["weights_only"] is True and calls[0][1]["map_location"] == "cpu"
-
-    calls.clear()
-    res = randomised("resnet18")
-    monkeypatch.setattr(torch.hub, "load_state_dict_from_url",
-                        lambda url, **kw: calls.append(url) or res.state_dict())
-    assert params_equal(res, build_backbone("resnet18", pretrained="imagenet"))
-    assert calls == ["https://download.pytorch.org/models/resnet18-f37072fd.pth"]
-
-
 def test_load_backbone_weights_accepts_a_state_dict():
     src = randomised("erfnet", width=0.25)
     dst = build_backbone("erfnet", width=0.25)
     report = load_backbone_weights(dst, {"model": src.state_dict()})
     assert params_equal(src, dst)
     assert not report.missing and not report.unexpected and len(report.loaded) == len(src.state_dict())
+
+
+# ---------------------------------------------------------------- mobilenet_v2, efficientnet_lite0
+
+DILATABLE = ["mobilenet_v2", "efficientnet_lite0"]
+
+
+@pytest.mark.parametrize("name", DILATABLE)
+@pytest.mark.parametrize("output_stride", [8, 16])
+def test_dilatable_backbones_at_both_output_strides(name, output_stride):
+    model = small(name, output_stride=output_stride).eval()
+    assert model.output_stride == output_stride
+    assert (model.low_level_channels, model.out_channels) == (24, 1280)
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 67, 93))
+    assert set(feats) == {"low", "out"}
+    assert feats["low"].shape == (1, 24, math.ceil(67 / 4), math.ceil(93 / 4))
+    assert feats["out"].shape == (1, 1280, math.ceil(67 / output_stride), math.ceil(93 / output_stride))
+
+
+@pytest.mark.parametrize("name", DILATABLE)
+def test_output_stride_changes_geometry_not_parameters(name):
+    a, b = small(name, output_stride=8), small(name, output_stride=16)
+    assert {k: v.shape for k, v in a.state_dict().items()} == {k: v.shape for k, v in b.state_dict().items()}
+    dilations = sorted({c.dilation[0] for c in a.modules() if isinstance(c, nn.Conv2d)})
+    assert dilations == [1, 2, 4]  # OS 8: the stride-16 stage at rate 2, the stride-32 stage at rate 4
+    assert sorted({c.dilation[0] for c in b.modules() if isinstance(c, nn.Conv2d)}) == [1, 2]
+    with pytest.raises(ConfigError, match="output_stride: must be one of 8, 16, got 32"):
+        build_backbone(name, output_stride=32)
+
+
+def test_dilation_schedule_follows_deeplab():
+    from univseg.models.backbones.dilation import dilation_schedule, last_unit_at_stride
+
+    strides = [2, 1, 2, 1, 2, 1, 2, 1, 2, 1]
+    assert dilation_schedule(strides, 8) == [(2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1), (1, 2), (1, 2), (1, 4)]
+    assert dilation_schedule(strides, 16) == [(2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (2, 1), (1, 1), (1, 1), (1, 2)]
+    assert last_unit_at_stride(strides, 4) == 3
+
+
+def test_mobilenet_v2_keeps_torchvision_module_names():
+    from torchvision import models as tvm
+
+    ref = tvm.mobilenet_v2(weights=None).state_dict()
+    ours = build_backbone("mobilenet_v2").state_dict()
+    assert set(ref) - set(ours) == {"classifier.1.weight", "classifier.1.bias"}
+    assert set(ours) <= set(ref)
+
+
+def test_efficientnet_lite0_layout():
+    from univseg.models.backbones.efficientnet_lite import Conv2dSame, MBConvBlock
+
+    model = build_backbone("efficientnet_lite0")
+    blocks = [b for b in model._blocks if isinstance(b, MBConvBlock)]
+    assert len(blocks) == 16 and blocks[0]._expand_conv is None and blocks[1]._expand_conv is not None
+    assert not any(isinstance(m, (nn.SiLU, nn.Sigmoid)) for m in model.modules())  # lite: no swish, no SE
+    assert all(m.eps == 1e-3 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+    sd = model.state_dict()
+    assert "_blocks.15._project_conv.weight" in sd and sd["_conv_head.weight"].shape == (1280, 320, 1, 1)
+    # TensorFlow "SAME" padding: stride 2 on an even size pads one row at the bottom only
+    conv = Conv2dSame(1, 1, 3, stride=2)
+    nn.init.ones_(conv.weight)
+    y = conv(torch.ones(1, 1, 4, 4))
+    assert y.shape == (1, 1, 2, 2) and y[0, 0].tolist() == [[9.0, 6.0], [6.0, 4.0]]
+
+
+def test_dilatable_parameter_counts():
+    assert 2.1e6 <= n_params(build_backbone("mobilenet_v2")) <= 2.3e6  # 3.50M minus the 1.28M classifier
+    assert 3.3e6 <= n_params(build_backbone("efficientnet_lite0")) <= 3.45e6  # 4.65M minus the 1.28M classifier

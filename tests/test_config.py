@@ -1,4 +1,6 @@
 """Config loading, overrides and the promised error messages."""
+import copy
+
 import pytest
 import yaml
 
@@ -175,3 +177,21 @@ def test_lower_layers_never_import_config_or_engine():
                 bad = [m for m in modules if m.split(".")[:2] in (["univseg", "config"], ["univseg", "engine"])]
                 offending += [f"{path.relative_to(src)}:{node.lineno}: {m}" for m in bad]
     assert not offending, "\n".join(offending)
+
+
+def test_imagenet_weights_bring_their_normalisation_unless_set(tiny_raw):
+    tiny_raw["model"].update({"backbone": "efficientnet_lite0", "pretrained": "imagenet"})
+    model = validate_config(copy.deepcopy(tiny_raw)).model
+    assert model.mean == (127.0, 127.0, 127.0) and model.std == (128.0, 128.0, 128.0)
+    tiny_raw["model"]["mean"] = [1, 2, 3]
+    model = validate_config(copy.deepcopy(tiny_raw)).model
+    assert model.mean == (1, 2, 3) and model.std == (128.0, 128.0, 128.0)  # explicit mean kept, std still the weights'
+    tiny_raw["model"]["pretrained"] = None
+    assert validate_config(tiny_raw).model.std == (58.395, 57.12, 57.375)
+
+
+@pytest.mark.parametrize("key, value", [("backbone", "mobilenetv2"), ("decoder", "deeplab")])
+def test_unknown_backbone_or_decoder_names_the_key(tiny_raw, key, value):
+    tiny_raw["model"][key] = value
+    with pytest.raises(ConfigError, match=f"model.{key}: unknown .*Did you mean"):
+        validate_config(tiny_raw)

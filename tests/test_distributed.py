@@ -18,10 +18,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("unlabeled_forward", ["together", "separate"])
-def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward):
+@pytest.mark.parametrize("unlabeled_forward, norm", [("together", "shared"), ("separate", "shared"), ("together", "domain")])
+def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward, norm):
     tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "checkpoint_interval": 2})
     tiny_raw["method"]["unlabeled_forward"] = unlabeled_forward  # aligned steps 3-4: one or two encoder passes per domain
+    tiny_raw["model"]["norm"] = norm  # domain: one encoder pass and one set of BatchNorm statistics per domain
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw))
     work = tmp_path / "work"
@@ -36,6 +37,7 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled
     ckpt = Checkpoint.load(work / "latest.pt")
     assert ckpt.iteration == 4 and ckpt.data["world_size"] == 2
     assert not any(k.startswith("module.") for k in ckpt.model)  # the unwrapped model is saved
+    assert any(".norms.rural." in k for k in ckpt.model) == (norm == "domain")
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
     assert [r["iter"] for r in lines if "ent_cross" in r] == [3, 4]  # the unlabeled images went through DDP

@@ -50,7 +50,7 @@ def test_list_of_batches_gets_one_encoder_pass_each_with_its_own_batch_statistic
     la, ua = torch.rand(2, 3, 32, 48) * 255, torch.rand(3, 3, 32, 48) * 255 + 40
     lb, ub = torch.rand(1, 3, 24, 32) * 255, torch.rand(2, 3, 24, 32) * 255
     passes = []
-    model.encoder.register_forward_hook(lambda m, i, o: passes.append(i[0].shape[0]))
+    model.decoder.register_forward_hook(lambda m, i, o: passes.append(i[0]["out"].shape[0]))
     out = model({"a": [la, ua], "b": [lb, ub]}, embed=True)
     assert sorted(passes) == [1, 2, 2, 3]  # four passes: (labeled|unlabeled) x (two image sizes)
     assert out["a"]["a"].shape[0] == 5 and out["a"]["embedding"].shape[0] == 5 and out["b"]["b"].shape[0] == 3

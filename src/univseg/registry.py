@@ -1,6 +1,7 @@
 """Name -> constructor registries with helpful errors for unknown names."""
 from __future__ import annotations
 
+import contextlib
 import difflib
 from typing import Callable, Generic, Iterator, TypeVar
 
@@ -51,6 +52,16 @@ class Registry(Generic[T]):
             raise UnknownNameError(
                 f"unknown {self.kind} '{name}'.{suggest(name, names)} Available: {', '.join(names)}"
             ) from None
+
+    @contextlib.contextmanager
+    def temporary(self, name: str, obj: T) -> Iterator[T]:
+        """Register ``obj`` under ``name`` for the duration of a ``with`` block (tests, plugins)."""
+        self.register(name, obj)
+        try:
+            yield obj
+        finally:
+            if name in self:
+                self.unregister(name)
 
     def unregister(self, name: str) -> None:
         """Remove ``name`` (e.g. a temporary test entry); unknown names raise like ``get``."""

@@ -23,14 +23,16 @@ from typing import Any, Mapping
 import torch
 
 from .. import __version__
+from ..config import ModelConfig
 from ..data.label_space import LabelSpace
 from ..errors import CheckpointError
+from ..models.domain_norm import adapt_norm_keys
 from ..utils.files import atomic_torch_save
 
 FORMAT = "univseg-checkpoint"
 FORMAT_VERSION = 2
 # the model settings a checkpoint's weights depend on (a difference makes them unloadable)
-ARCHITECTURE_KEYS = ("backbone", "embed_dim", "head_channels", "backbone_args")
+ARCHITECTURE_KEYS = ("backbone", "backbone_args", "decoder", "decoder_args", "norm", "embed_dim", "head_channels")
 
 
 @dataclass
@@ -57,8 +59,9 @@ class Checkpoint:
 
     @property
     def model_config(self) -> dict[str, Any]:
-        """The ``model`` section of the saved config."""
-        return self.config["model"]
+        """The ``model`` section of the saved config; keys added since it was written take their
+        defaults (e.g. ``norm: shared`` for a checkpoint from before per-domain norm)."""
+        return {**ModelConfig().model_dump(mode="json"), **self.config["model"]}
 
     def save(self, path: str | Path) -> None:
         """Write the record atomically to ``path`` (in the current format)."""
@@ -162,16 +165,20 @@ def _upgrade_v1(raw: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def init_from_checkpoint(model: torch.nn.Module, path: str | Path, label_spaces: Mapping[str, LabelSpace]) -> list[str]:
-    """Copy a checkpoint's encoder and embedding weights, and heads with the same name and classes,
-    into ``model`` (fine-tuning). Returns the names of the heads that start from scratch."""
+def init_from_checkpoint(
+    model: torch.nn.Module, path: str | Path, label_spaces: Mapping[str, LabelSpace], norm_from: str | None = None
+) -> list[str]:
+    """Copy a checkpoint's encoder, decoder and embedding weights, and heads with the same name and
+    classes, into ``model`` (fine-tuning). Under per-domain BatchNorm, a domain the checkpoint lacks
+    starts from domain ``norm_from``'s BatchNorm (default: the checkpoint's first). Returns the names
+    of the heads that start from scratch."""
     ckpt = Checkpoint.load(path)
     saved = ckpt.label_spaces
     own = model.state_dict()
     fresh = [h for h in label_spaces if h not in saved or saved[h].names != label_spaces[h].names]
     take = {
         k: v
-        for k, v in ckpt.model.items()
+        for k, v in adapt_norm_keys(ckpt.model, own, norm_from).items()
         if k in own and not any(k.startswith(f"heads.{h}.") for h in fresh) and v.shape == own[k].shape
     }
     missing = [k for k in own if k not in take and not any(k.startswith(f"heads.{h}.") for h in fresh)]

@@ -101,7 +101,7 @@ class Trainer:
         self.heads = {name: self.domains[name].label_space for name in self.trained}
         self.model: UniversalModel = build_model(cfg.model, {k: ls.num_classes for k, ls in self.heads.items()}).to(self.device)
         if cfg.model.init_from is not None:
-            init_from_checkpoint(self.model, cfg.model.init_from, self.heads)
+            init_from_checkpoint(self.model, cfg.model.init_from, self.heads, cfg.model.init_norm_from)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, self.model.parameters())
@@ -258,7 +258,7 @@ class Trainer:
                 for img, lab in iter_images(batch):
                     img, lab = img.to(self.device), lab.to(self.device)
                     with autocast(self.device, self.amp):
-                        emb = upsample(self.model(img, heads=[], embed=True)["embedding"], tuple(lab.shape[-2:]))
+                        emb = upsample(self.model(img, heads=[], embed=True, domain=name)["embedding"], tuple(lab.shape[-2:]))
                     s, c = class_sums(emb, lab, d.label_space.num_classes, d.label_space.ignore_index)
                     sums += s
                     counts += c

@@ -1,4 +1,4 @@
-"""The universal model: shared encoder, one segmentation head per domain, shared embedding head."""
+"""The universal model: shared encoder and decoder, one segmentation head per domain, shared embedding head."""
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -8,6 +8,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from .backbones import build_backbone
+from .decoders import build_decoder
+from .domain_norm import active_domain, domain_norm_layers, to_domain_norm
+
+NORM_MODES = ("shared", "domain")
 
 
 def _head(in_channels: int, num_classes: int, hidden: int) -> nn.Module:
@@ -23,12 +27,17 @@ def _head(in_channels: int, num_classes: int, hidden: int) -> nn.Module:
 
 
 class UniversalModel(nn.Module):
-    """Encoder F shared by all domains, heads G_k (one per domain), embedding head E.
+    """Encoder F and decoder shared by all domains, heads G_k (one per domain), embedding head E.
 
-    ``forward(x, heads=[...], embed=bool)`` runs the encoder once and only the requested heads;
-    logits are upsampled (bilinear) to the input size, the embedding is returned at the encoder's
-    resolution (stride 8) and upsampled by the losses that need it (see ``upsample``). Inputs are float images on the 0..255
-    scale; normalisation happens inside the model so deployment needs no preprocessing code.
+    ``forward(x, heads=[...], embed=bool)`` runs the encoder and decoder once and only the
+    requested heads; logits are upsampled (bilinear) to the input size, the embedding is returned
+    at the decoder's resolution and upsampled by the losses that need it (see ``upsample``).
+    Inputs are float images on the 0..255 scale; normalisation happens inside the model so
+    deployment needs no preprocessing code.
+
+    With ``norm="domain"`` every BatchNorm of the encoder and decoder has one copy per domain
+    (:mod:`univseg.models.domain_norm`): a pass runs with the BatchNorm of ``domain`` (by default
+    the requested head's), so a model asked for several heads runs one pass per head.
     """
 
     def __init__(
@@ -41,14 +50,27 @@ class UniversalModel(nn.Module):
         backbone_args: Mapping[str, object] | None = None,
         mean: Iterable[float] = (123.675, 116.28, 103.53),
         std: Iterable[float] = (58.395, 57.12, 57.375),
+        decoder: str = "none",
+        decoder_args: Mapping[str, object] | None = None,
+        norm: str = "shared",
     ) -> None:
         super().__init__()
         if not heads:
             raise ValueError("the model needs at least one head (domain)")
+        if norm not in NORM_MODES:
+            raise ValueError(f"norm must be one of {NORM_MODES}, got {norm!r}")
         self.encoder = build_backbone(backbone, pretrained=pretrained, **dict(backbone_args or {}))
-        c = self.encoder.out_channels
+        self.decoder = build_decoder(
+            decoder, self.encoder.out_channels, self.encoder.low_level_channels, **dict(decoder_args or {})
+        )
+        c = self.decoder.out_channels
         self.heads = nn.ModuleDict({name: _head(c, k, head_channels) for name, k in heads.items()})
         self.embedding = nn.Conv2d(c, embed_dim, 1)
+        self.norm = norm
+        if norm == "domain":
+            to_domain_norm(self.encoder, heads)
+            to_domain_norm(self.decoder, heads)
+        self._domain_norms = domain_norm_layers(self)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
 
@@ -56,9 +78,12 @@ class UniversalModel(nn.Module):
     def head_names(self) -> list[str]:
         return list(self.heads.keys())
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Encoder features of raw (0..255) images."""
-        return self.encoder((x - self.mean) / self.std)
+    def features(self, x: torch.Tensor, domain: str | None = None) -> torch.Tensor:
+        """Decoder features of raw (0..255) images, with ``domain``'s BatchNorm under per-domain norm."""
+        if self.norm == "domain" and domain not in self.heads:
+            raise KeyError(f"per-domain BatchNorm: give the domain of this pass, one of {self.head_names} (got {domain!r})")
+        with active_domain(self._domain_norms, domain):
+            return self.decoder(self.encoder.forward_features((x - self.mean) / self.std))
 
     def decode(
         self, feats: torch.Tensor, size: tuple[int, int], heads: Iterable[str] = (), embed: bool = False
@@ -70,7 +95,7 @@ class UniversalModel(nn.Module):
                 raise KeyError(f"model has no head '{name}'; heads: {', '.join(self.head_names)}")
             out[name] = upsample(self.heads[name](feats), size)
         if embed:
-            out["embedding"] = self.embedding(feats)  # feature resolution; losses upsample as they need
+            out["embedding"] = self.embedding(feats)  # decoder resolution; losses upsample as they need
         return out
 
     def forward(
@@ -78,21 +103,33 @@ class UniversalModel(nn.Module):
         x: torch.Tensor | Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
         heads: Iterable[str] | None = None,
         embed: bool = False,
+        domain: str | None = None,
     ) -> dict:
         """Logits per requested head (default: all) at input size and, if ``embed``, the embedding.
 
+        ``domain`` picks the BatchNorm under per-domain norm (default: each requested head's own,
+        one pass per head; the embedding then needs ``domain``); shared norm ignores it.
+
         With a mapping ``{domain: images}`` (a training step over several domains) each domain's
-        images go through its own head, domains of equal image size share one encoder pass, and
-        the result is ``{domain: {domain: logits[, "embedding": ...]}}``. A domain's value may also
-        be a list of image batches: the k-th batches of all domains share the k-th encoder passes
-        (so each batch of the list gets its own BatchNorm batch statistics) and the domain's outputs
-        are concatenated in list order. One call per step keeps DistributedDataParallel's gradient
+        images go through its own head, domains of equal image size share one encoder pass (not
+        under per-domain norm, where each domain has its own), and the result is
+        ``{domain: {domain: logits[, "embedding": ...]}}``. A domain's value may also be a list of
+        image batches: the k-th batches of all domains share the k-th encoder passes (so each
+        batch of the list gets its own BatchNorm batch statistics) and the domain's outputs are
+        concatenated in list order. One call per step keeps DistributedDataParallel's gradient
         hooks correct for the shared encoder.
         """
         if isinstance(x, Mapping):
             return self._forward_domains(x, embed)
         heads = self.head_names if heads is None else list(heads)
-        return self.decode(self.features(x), tuple(x.shape[-2:]), heads, embed)
+        size = tuple(x.shape[-2:])
+        if self.norm == "shared" or domain is not None:
+            return self.decode(self.features(x, domain), size, heads, embed)
+        if len(heads) == 1:
+            return self.decode(self.features(x, heads[0]), size, heads, embed)
+        if embed:
+            raise ValueError("the embedding of a model with per-domain BatchNorm needs domain=<head name>")
+        return {h: self.decode(self.features(x, h), size, [h])[h] for h in heads}
 
     def _forward_domains(
         self, inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], embed: bool
@@ -101,11 +138,12 @@ class UniversalModel(nn.Module):
         groups: dict[tuple, list[str]] = {}
         for name, parts in batches.items():
             for k, images in enumerate(parts):
-                groups.setdefault((k, tuple(images.shape[1:])), []).append(name)
+                own_pass = (name,) if self.norm == "domain" else ()
+                groups.setdefault((k, tuple(images.shape[1:]), *own_pass), []).append(name)
         pieces: dict[str, list] = {name: [None] * len(parts) for name, parts in batches.items()}
-        for (k, _), names in groups.items():
+        for (k, *_), names in groups.items():
             images = [batches[n][k] for n in names]
-            feats = self.features(torch.cat(images))
+            feats = self.features(torch.cat(images), names[0] if self.norm == "domain" else None)
             size = tuple(images[0].shape[-2:])
             for n, f in zip(names, feats.split([im.shape[0] for im in images])):
                 pieces[n][k] = self.decode(f, size, [n], embed)
@@ -131,4 +169,7 @@ def build_model(model_cfg, heads: Mapping[str, int]) -> UniversalModel:
         backbone_args=model_cfg.backbone_args,
         mean=model_cfg.mean,
         std=model_cfg.std,
+        decoder=model_cfg.decoder,
+        decoder_args=model_cfg.decoder_args,
+        norm=model_cfg.norm,
     )

@@ -6,12 +6,11 @@ required, or terms to accept by hand: plain-text instructions only).
 """
 from __future__ import annotations
 
-import contextlib
 import re
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, Union
+from typing import Callable, ContextManager, Union
 
 from ...errors import DownloadError
 from ...registry import Registry
@@ -114,15 +113,9 @@ def register_download(entry: DownloadEntry) -> DownloadEntry:
     return entry
 
 
-@contextlib.contextmanager
-def temporary_download(entry: DownloadEntry) -> Iterator[DownloadEntry]:
+def temporary_download(entry: DownloadEntry) -> ContextManager[DownloadEntry]:
     """Register ``entry`` for the duration of a ``with`` block (tests, plugins); then remove it."""
-    register_download(entry)
-    try:
-        yield entry
-    finally:
-        if entry.name in DOWNLOADS:
-            DOWNLOADS.unregister(entry.name)
+    return DOWNLOADS.temporary(entry.name, entry)
 
 
 def get_entry(name: Union[str, DownloadEntry]) -> DownloadEntry:

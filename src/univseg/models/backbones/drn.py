@@ -21,12 +21,8 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from ...errors import ConfigError
-from .registry import Backbone, download_state_dict, register_backbone
-
-DRN_URLS = {
-    "drn_d_22": "http://dl.yf.io/drn/drn_d_22-4bd2f8ea.pth",
-    "drn_d_38": "http://dl.yf.io/drn/drn_d_38-eebb45f0.pth",
-}
+from ..weights.resolve import imagenet_loader
+from .registry import Backbone, register_backbone
 
 CHANNELS = (16, 32, 64, 128, 256, 512, 512, 512)
 
@@ -86,7 +82,10 @@ def _residual_stage(
 
 
 class DRN_D(Backbone):
-    """DRN type D with basic blocks; ``units`` gives the number of units of the 8 stages."""
+    """DRN type D with basic blocks; ``units`` gives the number of units of the 8 stages.
+
+    ``forward_features`` also returns ``layer3``'s output (64 channels, the stride-4 level) as ``"low"``.
+    """
 
     def __init__(self, units: tuple[int, ...]) -> None:
         super().__init__()
@@ -94,6 +93,7 @@ class DRN_D(Backbone):
             raise ConfigError(f"model.backbone_args: DRN-D needs 8 stage sizes >= 1, got {units}", key="model.backbone_args")
         c = CHANNELS
         self.out_channels = c[7]
+        self.low_level_channels = c[2]
         self.output_stride = 8
         self.layer0 = nn.Sequential(
             nn.Conv2d(3, c[0], 7, stride=1, padding=3, bias=False),
@@ -115,19 +115,23 @@ class DRN_D(Backbone):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward(self, x: Tensor) -> Tensor:
-        for i in range(9):
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"low": layer3 output (stride 4), "out": layer8 output (stride 8)}``."""
+        for i in range(4):
             x = getattr(self, f"layer{i}")(x)
-        return x
+        low = x
+        for i in range(4, 9):
+            x = getattr(self, f"layer{i}")(x)
+        return {"low": low, "out": x}
 
 
-@register_backbone("drn_d_22", imagenet=lambda: download_state_dict(DRN_URLS["drn_d_22"]))
+@register_backbone("drn_d_22", imagenet=imagenet_loader("drn_d_22"))
 def drn_d_22() -> DRN_D:
     """DRN-D-22: 512 channels at stride 8 (~15.9M parameters)."""
     return DRN_D((1, 1, 2, 2, 2, 2, 1, 1))
 
 
-@register_backbone("drn_d_38", imagenet=lambda: download_state_dict(DRN_URLS["drn_d_38"]))
+@register_backbone("drn_d_38", imagenet=imagenet_loader("drn_d_38"))
 def drn_d_38() -> DRN_D:
     """DRN-D-38: 512 channels at stride 8 (~26M parameters)."""
     return DRN_D((1, 1, 3, 4, 6, 3, 1, 1))

@@ -71,6 +71,9 @@ class NonBottleneck1D(nn.Module):
 class ERFNetEncoder(Backbone):
     """The ERFNet encoder: 128 * ``width`` channels at output stride 8.
 
+    ``forward_features`` also returns the stride-4 stage's output (after the five 64-channel
+    blocks, 64 * ``width`` channels) as ``"low"``.
+
     Args:
         width: channel multiplier (1.0 = the paper's 16/64/128 channels; e.g. 0.5 for a demo).
         dropout: one Dropout2d probability for every block, or None for ERFNet's own values
@@ -95,21 +98,27 @@ class ERFNetEncoder(Backbone):
         c128 = max(16, round(128 * width))
         self.width = width
         self.out_channels = c128
+        self.low_level_channels = c64
         self.output_stride = 8
 
         self.initial_block = DownsamplerBlock(3, c16)
         layers: list[nn.Module] = [DownsamplerBlock(c16, c64)]
         layers += [NonBottleneck1D(c64, p64, 1) for _ in range(5)]
+        self._stride4_end = len(layers)  # layers[:_stride4_end] end at stride 4
         layers.append(DownsamplerBlock(c64, c128))
         for _ in range(2):
             layers += [NonBottleneck1D(c128, p128, d) for d in (2, 4, 8, 16)]
         self.layers = nn.ModuleList(layers)
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.initial_block(x)
-        for layer in self.layers:
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"low": stride-4 stage output, "out": last block's output (stride 8)}``."""
+        low = self.initial_block(x)
+        for layer in self.layers[: self._stride4_end]:
+            low = layer(low)
+        x = low
+        for layer in self.layers[self._stride4_end :]:
             x = layer(x)
-        return x
+        return {"low": low, "out": x}
 
 
 @register_backbone(

@@ -1,14 +1,16 @@
 """Backbone registry, the ``Backbone`` base class, ``build_backbone`` and safe weight loading.
 
 Every backbone is a shared encoder: it maps a normalised image batch ``[B, 3, H, W]`` to a
-feature map ``[B, out_channels, ~H/8, ~W/8]`` (``output_stride`` is 8 for all of them). Any
-``H, W`` is accepted; the caller upsamples its logits back to the exact input size.
+feature map ``[B, out_channels, ~H/s, ~W/s]`` (s = ``output_stride``: 8 by default, 16 where a
+backbone offers it). Any ``H, W`` is accepted; the caller upsamples its logits back to the
+exact input size.
 
 Weights come from one of three places (``pretrained`` argument of :func:`build_backbone`):
 
 * ``None``: random initialisation;
-* ``"imagenet"``: the official ImageNet checkpoint of that architecture, downloaded (and cached)
-  with :func:`torch.hub.load_state_dict_from_url`;
+* ``"imagenet"``: the ImageNet weight file of that architecture from the catalogue
+  :mod:`univseg.models.weights`: read from the torch.hub cache, verified by its hash, and
+  downloaded from the official URL when absent (offline: ``univseg weights fetch NAME``);
 * a path to a local file: loaded with ``torch.load(..., weights_only=True)`` so no code stored
   in the file is ever executed.
 """
@@ -37,7 +39,8 @@ class Backbone(nn.Module):
 
     Attributes:
         out_channels: channels of the returned feature map.
-        output_stride: ratio between input and feature-map size (8 for every backbone here).
+        low_level_channels: channels of the stride-4 feature map (``forward_features(x)["low"]``).
+        output_stride: ratio between input and feature-map size.
         ignored_checkpoint_prefixes: checkpoint keys starting with one of these (after wrapper
             prefixes are stripped) belong to parts the backbone drops, e.g. an ImageNet
             classifier ``fc.``; they are skipped silently when loading weights.
@@ -47,12 +50,19 @@ class Backbone(nn.Module):
     """
 
     out_channels: int
+    low_level_channels: int
     output_stride: int = 8
     ignored_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
     checkpoint_prefixes: tuple[str, ...] = ()
 
-    def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
+        """``{"low": [B, low_level_channels, ~H/4, ~W/4], "out": [B, out_channels, ~H/s, ~W/s]}``
+        (s = ``output_stride``): the stride-4 features a decoder's skip connection uses, and the last."""
         raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The last feature map (``forward_features(x)["out"]``)."""
+        return self.forward_features(x)["out"]
 
 
 @dataclass(frozen=True)
@@ -61,13 +71,13 @@ class BackboneSpec:
 
     Attributes:
         build: ``build(**kwargs) -> Backbone`` with random weights.
-        imagenet: ``imagenet() -> state_dict`` downloading the official ImageNet weights, or
-            None when there are none.
+        imagenet: ``imagenet() -> weights file or state_dict`` giving the ImageNet weights
+            (``univseg.models.weights.imagenet_loader(name)``), or None when there are none.
         no_imagenet_reason: why ``imagenet`` is None (put in the error message).
     """
 
     build: Callable[..., Backbone]
-    imagenet: Callable[[], Mapping[str, Any]] | None = None
+    imagenet: Callable[[], Path | Mapping[str, Any]] | None = None
     no_imagenet_reason: str = ""
 
 
@@ -76,7 +86,7 @@ BACKBONES: Registry[BackboneSpec] = Registry("backbone")
 
 def register_backbone(
     name: str,
-    imagenet: Callable[[], Mapping[str, Any]] | None = None,
+    imagenet: Callable[[], Path | Mapping[str, Any]] | None = None,
     no_imagenet_reason: str = "",
 ):
     """Decorator registering ``build(**kwargs) -> Backbone`` as backbone ``name``."""
@@ -96,15 +106,16 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
     Args:
         name: a registered name (see ``BACKBONES.names()``); unknown names raise
             :class:`univseg.registry.UnknownNameError` with a suggestion.
-        pretrained: None (random init), ``"imagenet"`` (download the official weights) or the
-            path of a local weights file.
+        pretrained: None (random init), ``"imagenet"`` (the catalogue's ImageNet weights: cached
+            file, else official download) or the path of a local weights file.
         **kwargs: options of that backbone (e.g. ``width`` and ``dropout`` for ``erfnet``).
 
     Raises:
         ConfigError: an option the backbone does not accept (the accepted ones are listed), or
             ``"imagenet"`` for a backbone without ImageNet weights.
         CheckpointError: ``pretrained`` is a weights file that does not exist, cannot be read, or
-            does not fit (no matching key, or shape mismatches).
+            does not fit (no matching key, or shape mismatches); or the ImageNet file is neither
+            cached nor downloadable (the message says to run ``univseg weights fetch NAME``).
     """
     spec = BACKBONES.get(name)
     params = inspect.signature(spec.build).parameters
@@ -265,10 +276,3 @@ def load_backbone_weights(
             stacklevel=2,
         )
     return report
-
-
-def download_state_dict(url: str) -> dict[str, Any]:
-    """Download (or reuse the torch.hub cache of) an official checkpoint, tensors only."""
-    return torch.hub.load_state_dict_from_url(
-        url, map_location="cpu", progress=True, check_hash=True, weights_only=True
-    )

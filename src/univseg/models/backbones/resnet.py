@@ -16,7 +16,8 @@ from torch import Tensor, nn
 from torchvision import models as tvm
 
 from ...errors import ConfigError
-from .registry import Backbone, download_state_dict, register_backbone
+from ..weights.resolve import imagenet_loader
+from .registry import Backbone, register_backbone
 
 
 def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
@@ -46,6 +47,8 @@ def dilate_layer(layer: nn.Sequential, dilation: int) -> None:
 class DilatedResNet(Backbone):
     """A torchvision ResNet without ``avgpool``/``fc``, at output stride 8.
 
+    ``forward_features`` also returns ``layer1``'s output (stride 4) as ``"low"``.
+
     Args:
         net: a torchvision ``ResNet`` (any depth); its modules are reused, not copied.
     """
@@ -56,27 +59,30 @@ class DilatedResNet(Backbone):
         self.layer1, self.layer2, self.layer3, self.layer4 = net.layer1, net.layer2, net.layer3, net.layer4
         dilate_layer(self.layer3, 2)
         dilate_layer(self.layer4, 4)
-        last = self.layer4[-1]
-        self.out_channels = (last.bn3 if hasattr(last, "bn3") else last.bn2).num_features
+        self.out_channels = _block_channels(self.layer4[-1])
+        self.low_level_channels = _block_channels(self.layer1[-1])
         self.output_stride = 8
 
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        return self.layer4(self.layer3(self.layer2(self.layer1(x))))
+    def forward_features(self, x: Tensor) -> dict[str, Tensor]:
+        """``{"low": layer1 output (stride 4), "out": layer4 output (stride 8)}``."""
+        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
+        return {"low": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+
+
+def _block_channels(block: nn.Module) -> int:
+    """Output channels of a torchvision ``BasicBlock`` or ``Bottleneck``."""
+    return (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
 
 
 def _register(name: str, make: Callable[..., tvm.ResNet], weights: Any) -> None:
-    """Register ``name``; ``"imagenet"`` downloads ``weights.DEFAULT`` (torchvision's URL)."""
-
-    def imagenet() -> dict:
-        return download_state_dict(weights.DEFAULT.url)
+    """Register ``name``; ``"imagenet"`` loads ``weights.DEFAULT``'s file through the weights catalogue."""
 
     def build() -> DilatedResNet:
         return DilatedResNet(make(weights=None))
 
     build.__name__ = build.__qualname__ = name
     build.__doc__ = f"torchvision {name}, dilated to output stride 8, ImageNet weights {weights.DEFAULT}."
-    register_backbone(name, imagenet=imagenet)(build)
+    register_backbone(name, imagenet=imagenet_loader(name))(build)
 
 
 # torchvision's DEFAULT weights: IMAGENET1K_V1 for resnet18, IMAGENET1K_V2 for resnet50/101.
