@@ -39,6 +39,7 @@ def test_format_1_checkpoints_load_and_predict_as_the_previous_code_did(name, au
     assert set(ckpt.label_spaces) == {"city", "rural"}
     expected = json.loads((V1 / "expected.json").read_text())[name.replace("_", "-")]
     predictor = Predictor.from_checkpoint(V1 / f"{name}.pt", device="cpu", amp="none")
+    assert predictor.model.norm == "shared" and "norm" not in ckpt.config["model"]  # keys added later take their defaults
     image = seeded_image()
     for head, values in expected.items():
         got = predictor.logits(image, head).flatten()[:8]
