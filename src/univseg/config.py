@@ -72,10 +72,30 @@ class AdversarialConfig(StrictModel):
     betas: tuple[float, float] = Field((0.9, 0.99), description="discriminator Adam betas")
 
 
+class ConsistencyConfig(StrictModel):
+    """Weak-to-strong consistency of 'fixmatch', 'unimatch' and 'univ-match'. Defaults are UniMatch's
+    (Yang et al., CVPR 2023, and its code: conf_thresh 0.95, Dropout2d(0.5), loss weights 0.5 / 0.25 / 0.25)."""
+
+    threshold: float = Field(
+        0.95, ge=0, le=1, description="weak-view confidence a pixel's pseudo-label needs (FixMatch / UniMatch: 0.95)"
+    )
+    weight: float = Field(1.0, ge=0, description="weight of the unlabeled loss against the supervised one (lambda_u)")
+    feature_dropout: float = Field(
+        0.5, ge=0, lt=1, description="unimatch / univ-match: channel dropout of the encoder features (UniMatch: 0.5)"
+    )
+    fp_weight: float = Field(
+        0.5, ge=0, le=1,
+        description="unimatch / univ-match: share of the unlabeled loss taken by the feature-perturbed view; "
+        "the strong image views share the rest equally (UniMatch: 0.5, i.e. 0.5 fp + 0.25 + 0.25)",
+    )
+
+
 class MethodConfig(StrictModel):
     """The training method and its loss weights."""
 
-    name: str = Field("univ-full", description="single | joint | univ-cross | univ-full")
+    name: str = Field(
+        "univ-full", description="registered method: single | joint | univ-cross | univ-full | adversarial | fixmatch | unimatch | univ-match"
+    )
     domains: Optional[list[str]] = Field(None, description="domains to train on (default: all; 'single' needs one)")
     lambda_cross: float = Field(0.1, ge=0, description="weight of the cross-domain entropy term (lambda_1)")
     lambda_within: float = Field(0.1, ge=0, description="weight of the within-domain entropy term (lambda_2)")
@@ -93,6 +113,9 @@ class MethodConfig(StrictModel):
     centroids: CentroidConfig = Field(default_factory=CentroidConfig, description="centroid bank settings")
     adversarial: AdversarialConfig = Field(
         default_factory=AdversarialConfig, description="settings of the 'adversarial' method (Hung et al. 2018)"
+    )
+    consistency: ConsistencyConfig = Field(
+        default_factory=ConsistencyConfig, description="settings of 'fixmatch', 'unimatch' and 'univ-match'"
     )
 
 
@@ -341,7 +364,8 @@ def _resolve_model_parts(model: ModelConfig, source: str) -> None:
 def _validate_domain_parts(d: DomainConfig, where: str) -> None:
     """Validate the registry-typed parts of domain ``d`` (at key path ``where``): its dataset entry,
     the split names it uses and its transforms; raises ConfigError naming the key."""
-    from .data.transforms import build_transforms  # imports torch: only when validating
+    from .data.domain import build_strong_transforms  # imports torch: only when validating
+    from .data.transforms import build_transforms
 
     dataset = resolve_dataset(d.dataset, f"{where}.dataset")
     uses = [("train_split", d.train_split), ("val_split", d.val_split)]
@@ -353,6 +377,7 @@ def _validate_domain_parts(d: DomainConfig, where: str) -> None:
             raise ConfigError(f"{where}.{key}: {e}", key=f"{where}.{key}") from None
     for key in ("train_transforms", "val_transforms"):
         build_transforms(getattr(d, key), where=f"{where}.{key}")
+    build_strong_transforms(d.strong_transforms, where=f"{where}.strong_transforms", key=f"{where}.strong_transforms")
 
 
 def save_config(cfg: Config, path: str | Path) -> None:

@@ -1,4 +1,5 @@
-"""Domains: a dataset + its label space + labeled subset + unlabeled pool + val split + batch sizes."""
+"""Domains: a dataset + its label space + labeled subset + unlabeled pool + val split + batch sizes,
+and the strong views of unlabeled images for weak-to-strong consistency (FixMatch / UniMatch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -6,25 +7,54 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import MissingLabelError
+from ..errors import ConfigError, MissingLabelError
 from .base import SegDataset
-from .domain_config import DomainConfig
+from .domain_config import UNIMATCH_STRONG_TRANSFORMS, CutMixConfig, DomainConfig
 from .label_space import LabelSpace
 from .recipe import select_domain
-from .transforms import Compose, build_transforms, load_arrays
+from .transforms import TRANSFORMS, Compose, build_transforms, cutmix_box, load_arrays
+
+
+@dataclass(frozen=True)
+class StrongViews:
+    """How an unlabeled item's ``count`` strong views are made: ``transforms`` (photometric) applied
+    to its weak view, each view with a CutMix box drawn by ``cutmix``."""
+
+    transforms: Compose
+    cutmix: CutMixConfig
+    count: int
 
 
 class SampleView(torch.utils.data.Dataset):
     """A list of (dataset, index) samples with transforms; items are dicts of tensors.
 
     ``view[(i, seed)]`` augments with a generator seeded by ``seed`` (so a sample's augmentation
-    is a pure function of the sampler's output); ``view[i]`` uses seed 0.
+    is a pure function of the sampler's output); ``view[i]`` uses seed 0. Items hold ``image``
+    (float32 [3,H,W]), ``index`` and, with labels, ``label`` (int64 [H,W]).
+
+    With ``strong`` (unlabeled views only), ``image`` is the weak view — the very image the view
+    without ``strong`` gives for the same (index, seed) — and items also hold, for S = ``strong.count``:
+
+    * ``valid``: bool [H,W], False where a crop or pad of the weak transforms added padding;
+    * ``strong``: float32 [S,3,H,W], independent strong views of the weak view (same geometry);
+    * ``cutmix``: bool [S,H,W], each strong view's CutMix box (all False when none was drawn).
+
+    Their randomness is drawn from the same generator after the weak view's.
     """
 
-    def __init__(self, items: Sequence[tuple[SegDataset, int]], transforms: Compose, with_labels: bool) -> None:
+    def __init__(
+        self,
+        items: Sequence[tuple[SegDataset, int]],
+        transforms: Compose,
+        with_labels: bool,
+        strong: StrongViews | None = None,
+    ) -> None:
+        if strong is not None and with_labels:
+            raise ValueError("strong views are made for unlabeled samples only")
         self.items = list(items)
         self.transforms = transforms
         self.with_labels = with_labels
+        self.strong = strong
 
     def __len__(self) -> int:
         return len(self.items)
@@ -43,11 +73,24 @@ class SampleView(torch.utils.data.Dataset):
         else:
             image, label = ds.load_image(j), None
         g = torch.Generator().manual_seed(int(seed))
+        if self.strong is not None:
+            return {"index": i, **self._strong_item(load_arrays(image, None)[0], g)}
         img, lab = self.transforms(*load_arrays(image, label), g)
         out = {"image": img, "index": i}
         if lab is not None:
             out["label"] = lab
         return out
+
+    def _strong_item(self, image: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """The weak view of ``image``, its ``valid`` mask, strong views and CutMix boxes."""
+        assert self.strong is not None
+        weak, valid = self.transforms.track_padding(image, g)
+        cm = self.strong.cutmix
+        views, boxes = [], []
+        for _ in range(self.strong.count):
+            views.append(self.strong.transforms(weak, None, g)[0])
+            boxes.append(cutmix_box((weak.shape[-2], weak.shape[-1]), cm.p, cm.area, cm.ratio, g))
+        return {"image": weak, "valid": valid, "strong": torch.stack(views), "cutmix": torch.stack(boxes)}
 
 
 @dataclass
@@ -62,6 +105,44 @@ class Domain:
     centroid_view: SampleView  # the labeled images with evaluation transforms
     batch_size: int
     unlabeled_batch_size: int
+    strong_transforms: Compose  # photometric, making the strong views of unlabeled images
+    cutmix: CutMixConfig
+
+    def unlabeled_view(self, strong_views: int) -> SampleView | None:
+        """The unlabeled pool (None without one); with ``strong_views`` > 0 its items also carry
+        that many strong views, CutMix boxes and the ``valid`` mask (see :class:`SampleView`)."""
+        if strong_views < 0:
+            raise ValueError(f"strong_views must be >= 0, got {strong_views}")
+        if self.unlabeled is None or strong_views == 0:
+            return self.unlabeled
+        strong = StrongViews(self.strong_transforms, self.cutmix, strong_views)
+        return SampleView(self.unlabeled.items, self.unlabeled.transforms, with_labels=False, strong=strong)
+
+
+def build_strong_transforms(transforms: list[dict[str, Any]] | None, where: str, key: str) -> Compose:
+    """Build a strong-view pipeline (None: :data:`UNIMATCH_STRONG_TRANSFORMS`) whose config sits at
+    ``where`` (message prefix) / ``key`` (dotted key).
+
+    Raises ConfigError like :func:`build_transforms`, or naming ``key[i]`` for a geometric transform:
+    strong views share the weak view's geometry.
+    """
+    pipeline = build_transforms(UNIMATCH_STRONG_TRANSFORMS if transforms is None else transforms, where=where)
+    geometric = [(i, t.name) for i, t in enumerate(pipeline) if t.geometric]
+    if geometric:
+        raise ConfigError(
+            "\n".join(
+                f"{where}[{i}]: '{name}' is geometric, but strong views keep the geometry of the weak view; "
+                "move it to train_transforms"
+                for i, name in geometric
+            ),
+            key=f"{key}[{geometric[0][0]}]",
+            hint=f"strong_transforms takes photometric transforms only ({', '.join(_photometric_names())})",
+        )
+    return pipeline
+
+
+def _photometric_names() -> list[str]:
+    return [name for name in TRANSFORMS.names() if not TRANSFORMS.get(name).geometric]
 
 
 def build_domain(cfg: DomainConfig, index: int, seed: int) -> Domain:
@@ -73,6 +154,9 @@ def build_domain(cfg: DomainConfig, index: int, seed: int) -> Domain:
     train, val, pool = sel.train, sel.val, sel.pool
     train_tf = build_transforms(cfg.train_transforms, where=f"{sel.where}.train_transforms")
     val_tf = build_transforms(cfg.val_transforms, where=f"{sel.where}.val_transforms")
+    strong_tf = build_strong_transforms(
+        cfg.strong_transforms, where=f"{sel.where}.strong_transforms", key=f"domains.{cfg.name}.strong_transforms"
+    )
     labeled_items = [(train, i) for i in sel.labeled]
     return Domain(
         name=cfg.name,
@@ -83,6 +167,8 @@ def build_domain(cfg: DomainConfig, index: int, seed: int) -> Domain:
         centroid_view=SampleView(labeled_items, val_tf, with_labels=True),
         batch_size=cfg.batch_size,
         unlabeled_batch_size=cfg.unlabeled_batch_size,
+        strong_transforms=strong_tf,
+        cutmix=cfg.cutmix,
     )
 
 

@@ -5,10 +5,11 @@ The experiment config (:mod:`univseg.config`) holds a list of these; the data la
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Any, Optional
+from typing import Annotated, Any, Callable, Optional
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ..validation import StrictModel
 
@@ -40,6 +41,41 @@ class UnlabeledConfig(StrictModel):
     max_images: Optional[int] = Field(None, ge=1, description="cap on the pool size (deterministic subset)")
 
 
+#: The strong views' photometric pipeline of UniMatch (Yang et al., "Revisiting Weak-to-Strong
+#: Consistency in Semi-Supervised Semantic Segmentation", CVPR 2023; the ``strong`` augmentations
+#: of their ``SemiDataset``): ColorJitter(0.5, 0.5, 0.5, 0.25) with p 0.8, RandomGrayscale(p 0.2),
+#: Gaussian blur with sigma ~ U(0.1, 2.0) with p 0.5.
+UNIMATCH_STRONG_TRANSFORMS: list[dict[str, Any]] = [
+    {"type": "color_jitter", "brightness": 0.5, "contrast": 0.5, "saturation": 0.5, "hue": 0.25, "p": 0.8},
+    {"type": "random_grayscale", "p": 0.2},
+    {"type": "gaussian_blur", "sigma": [0.1, 2.0], "p": 0.5},
+]
+
+
+def _positive_range(cap: float) -> Callable[[tuple[float, float]], tuple[float, float]]:
+    """A validator of ``[low, high]`` pairs with ``0 < low <= high <= cap``."""
+    upto = "" if cap == math.inf else f" <= {cap:g}"
+
+    def check(rng: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < rng[0] <= rng[1] <= cap:
+            raise ValueError(f"expected [low, high] with 0 < low <= high{upto}, got {list(rng)}")
+        return rng
+
+    return check
+
+
+class CutMixConfig(StrictModel):
+    """The CutMix box of each strong view; the defaults are UniMatch's ``obtain_cutmix_box``."""
+
+    p: float = Field(0.5, ge=0, le=1, description="probability that a strong view gets a box (else its mask is empty)")
+    area: Annotated[tuple[float, float], AfterValidator(_positive_range(1.0))] = Field(
+        (0.02, 0.4), description="[low, high] box area as a fraction of the image, within (0, 1]"
+    )
+    ratio: Annotated[tuple[float, float], AfterValidator(_positive_range(math.inf))] = Field(
+        (0.3, 1 / 0.3), description="[low, high] box aspect ratio height / width, positive"
+    )
+
+
 class DomainConfig(StrictModel):
     """One domain: a dataset, its label space, labeled subset, unlabeled pool and val split."""
 
@@ -53,3 +89,10 @@ class DomainConfig(StrictModel):
     unlabeled_batch_size: int = Field(4, ge=0, description="unlabeled images per step (0: none)")
     train_transforms: list[dict[str, Any]] = Field(default_factory=list, description="augmentations for training images")
     val_transforms: list[dict[str, Any]] = Field(default_factory=list, description="transforms for evaluation images")
+    strong_transforms: Optional[list[dict[str, Any]]] = Field(
+        None,
+        description="photometric transforms making the strong views of unlabeled images from their weak view "
+        "(train_transforms), for methods that use them; null: UniMatch's (Yang et al. CVPR 2023) color_jitter "
+        "0.5/0.5/0.5/0.25 p 0.8, random_grayscale p 0.2, gaussian_blur sigma [0.1, 2.0] p 0.5",
+    )
+    cutmix: CutMixConfig = Field(default_factory=CutMixConfig, description="CutMix box of each strong view")

@@ -24,8 +24,11 @@ A pipeline is configured as a list of dicts ``{"type": name, **params}``::
     g = torch.Generator().manual_seed(seed)
     image, label = pipeline(image, label, g)
 
-Adding a transform type: subclass :class:`Transform`, give it a ``Params`` model derived from
-:class:`TransformParams` and decorate it with ``@register_transform("name")``.
+Every transform is either geometric (it moves pixels: resize, crop, flip, pad) or photometric (it
+changes pixel values, not their positions); ``Transform.geometric`` says which.
+
+Adding a transform type: subclass :class:`Transform`, set ``geometric``, give it a ``Params``
+model derived from :class:`TransformParams` and decorate it with ``@register_transform("name")``.
 """
 from __future__ import annotations
 
@@ -52,6 +55,7 @@ __all__ = [
     "TransformParams",
     "build_transform",
     "build_transforms",
+    "cutmix_box",
     "load_arrays",
     "register_transform",
 ]
@@ -128,6 +132,9 @@ class Transform(abc.ABC):
 
     name: ClassVar[str] = ""
     Params: ClassVar[type[TransformParams]] = TransformParams
+    #: True if the transform moves pixels (resize, crop, flip, pad), False if it only changes
+    #: their values (photometric); every registered transform sets it.
+    geometric: ClassVar[bool]
 
     def __init__(self, params: TransformParams) -> None:
         if not isinstance(params, self.Params):
@@ -137,6 +144,16 @@ class Transform(abc.ABC):
     @abc.abstractmethod
     def __call__(self, image: torch.Tensor, label: Label, g: torch.Generator) -> tuple[torch.Tensor, Label]:
         """Apply to ``image`` (float32 [3,H,W], 0..255) and ``label`` (int64 [H,W] or None)."""
+
+    def track_padding(self, image: torch.Tensor, pad: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply to an unlabeled ``image`` exactly as ``self(image, None, g)`` does (same output, same
+        draws from ``g``), moving ``pad`` (int64 [H,W]) like a label alongside it.
+
+        Transforms whose draws depend on the label override this so that ``pad`` never steers them.
+        """
+        image, moved = self(image, pad, g)
+        assert moved is not None
+        return image, moved
 
     @property
     def config(self) -> dict[str, Any]:
@@ -157,6 +174,8 @@ def register_transform(name: str) -> Callable[[_T], _T]:
     """Class decorator registering a :class:`Transform` subclass as transform type ``name``."""
 
     def deco(cls: _T) -> _T:
+        if not isinstance(getattr(cls, "geometric", None), bool):
+            raise TypeError(f"transform '{name}' ({cls.__name__}) must set the class attribute 'geometric' (True or False)")
         cls.name = name
         TRANSFORMS.register(name, cls)
         return cls
@@ -236,6 +255,7 @@ class Resize(Transform):
     """Deterministic resize: to ``size`` [h, w], so the short side is ``short_side`` (aspect
     ratio kept), or by factor ``scale``. Image bilinear with antialias, label nearest."""
 
+    geometric = True
     Params = ResizeParams
     params: ResizeParams
 
@@ -266,6 +286,7 @@ class RandomScale(Transform):
     ``a ~ U(aspect_range)`` is drawn too and the height/width scale by ``s/sqrt(a)`` and
     ``s*sqrt(a)`` (area scales by ``s**2`` either way)."""
 
+    geometric = True
     Params = RandomScaleParams
     params: RandomScaleParams
 
@@ -294,11 +315,22 @@ class RandomCrop(Transform):
     10 windows are tried until no single class covers ``cat_max_ratio`` or more of the crop's
     labeled (non-ignore) pixels; the last try is kept otherwise."""
 
+    geometric = True
     Params = RandomCropParams
     params: RandomCropParams
     max_tries: ClassVar[int] = 10
 
     def __call__(self, image, label, g):
+        return self._crop(image, label, g, balance=self.params.cat_max_ratio < 1.0)
+
+    def track_padding(self, image, pad, g):
+        # the padding map is no label: it must not trigger the class-balance retries
+        image, pad = self._crop(image, pad, g, balance=False)
+        assert pad is not None
+        return image, pad
+
+    def _crop(self, image: torch.Tensor, label: Label, g: torch.Generator, balance: bool) -> tuple[torch.Tensor, Label]:
+        """The crop; ``balance`` enables the ``cat_max_ratio`` retries (which need a real label)."""
         ch, cw = self.params.size
         h, w = image.shape[-2:]
         image, label = _pad_bottom_right(image, label, ch - h, cw - w)
@@ -308,7 +340,7 @@ class RandomCrop(Transform):
             return _randint(g, h - ch), _randint(g, w - cw)
 
         top, left = window()
-        if label is not None and self.params.cat_max_ratio < 1.0:
+        if balance and label is not None:
             for _ in range(self.max_tries - 1):
                 crop = label[top : top + ch, left : left + cw]
                 _, counts = torch.unique(crop[crop != IGNORE_INDEX], return_counts=True)
@@ -329,6 +361,7 @@ class HFlipParams(TransformParams):
 class HFlip(Transform):
     """Mirror left-right with probability ``p``."""
 
+    geometric = True
     Params = HFlipParams
     params: HFlipParams
 
@@ -381,6 +414,7 @@ class ColorJitter(Transform):
     contrast, saturation and hue are adjusted in a random order by factors drawn from their
     ranges (identity ranges are skipped). The label is untouched; values stay in 0..255."""
 
+    geometric = False
     Params = ColorJitterParams
     params: ColorJitterParams
 
@@ -423,6 +457,7 @@ class GaussianBlur(Transform):
     """Gaussian blur of the image (not the label) with probability ``p`` and
     ``sigma ~ U(sigma)``; reflect padding at the borders."""
 
+    geometric = False
     Params = GaussianBlurParams
     params: GaussianBlurParams
 
@@ -440,6 +475,26 @@ class GaussianBlur(Transform):
         return TF.gaussian_blur_image(image, kernel_size=[k, k], sigma=[sigma, sigma]), label
 
 
+class RandomGrayscaleParams(TransformParams):
+    p: Probability = Field(default=0.1, description="a probability in [0, 1]")
+
+
+@register_transform("random_grayscale")
+class RandomGrayscale(Transform):
+    """torchvision ``RandomGrayscale``: with probability ``p`` every channel becomes the luma
+    ``0.299 R + 0.587 G + 0.114 B`` (ITU-R 601-2, as PIL's ``convert("L")``). The label is untouched."""
+
+    geometric = False
+    Params = RandomGrayscaleParams
+    params: RandomGrayscaleParams
+
+    def __call__(self, image, label, g):
+        if _draw(g) >= self.params.p:
+            return image, label
+        luma = (0.299 * image[0] + 0.587 * image[1] + 0.114 * image[2]).clamp_(0.0, 255.0)
+        return luma.expand(3, -1, -1).contiguous(), label
+
+
 class PadToMultipleParams(TransformParams):
     multiple: PosInt = Field(description="a positive integer")
 
@@ -448,6 +503,7 @@ class PadToMultipleParams(TransformParams):
 class PadToMultiple(Transform):
     """Pad bottom/right so height and width are multiples of ``multiple`` (image 0, label 255)."""
 
+    geometric = True
     Params = PadToMultipleParams
     params: PadToMultipleParams
 
@@ -477,6 +533,16 @@ class Compose:
         for t in self.transforms:
             image, label = t(image, label, g)
         return image, label
+
+    def track_padding(self, image: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Apply to an unlabeled ``image`` exactly as ``self(image, None, g)`` does (same output, same
+        draws from ``g``); also return the bool [H,W] mask of the output's pixels that come from the
+        image (False where a crop or pad added padding)."""
+        _check_pair(image, None)
+        pad = torch.zeros(image.shape[-2:], dtype=torch.int64)
+        for t in self.transforms:
+            image, pad = t.track_padding(image, pad, g)
+        return image, pad != IGNORE_INDEX
 
     def __len__(self) -> int:
         return len(self.transforms)
@@ -531,6 +597,33 @@ def build_transforms(cfg: list[dict[str, Any]] | None, where: str = "transforms"
     if errors:
         raise ConfigError("\n".join(errors), key=where)
     return Compose(transforms)
+
+
+# --------------------------------------------------------------------------------------------
+# CutMix boxes
+# --------------------------------------------------------------------------------------------
+
+
+def cutmix_box(
+    size: tuple[int, int], p: float, area: tuple[float, float], ratio: tuple[float, float], g: torch.Generator
+) -> torch.Tensor:
+    """A bool [H,W] mask (``size`` = (H, W)) holding one CutMix box with probability ``p``, else all False.
+
+    As UniMatch's ``obtain_cutmix_box``: the box covers ``a ~ U(area)`` of the image with aspect
+    ratio height/width ``r ~ U(ratio)``, at a uniform position where it lies inside the image; a
+    box taller or wider than the image is clipped to it (and so covers less). Draws only from ``g``.
+    """
+    h, w = size
+    box = torch.zeros(h, w, dtype=torch.bool)
+    if _draw(g) >= p:
+        return box
+    pixels = _uniform(g, *area) * h * w
+    r = _uniform(g, *ratio)
+    bh = min(h, max(1, round(math.sqrt(pixels * r))))
+    bw = min(w, max(1, round(math.sqrt(pixels / r))))
+    top, left = _randint(g, h - bh), _randint(g, w - bw)
+    box[top : top + bh, left : left + bw] = True
+    return box
 
 
 # --------------------------------------------------------------------------------------------

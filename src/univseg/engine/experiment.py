@@ -8,6 +8,9 @@ Method keys (the rows):
     univ-cross            + cross-domain entropy alignment
     univ-full             + within-domain entropy alignment
     adversarial           Hung et al. 2018, per domain, in one model
+    fixmatch              weak-to-strong pseudo-labels per domain (Sohn et al. 2020)
+    unimatch              + a second strong view and feature perturbation (Yang et al. 2023)
+    univ-match            unimatch + the entropy alignment (ours)
 
 run_experiment(): plan_runs() -> refuse run folders made with other settings -> for each seed and
 key: train (resume / skip when finished) ->
@@ -30,7 +33,7 @@ from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from ..methods import METHODS
 
-PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial")
+PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial", "fixmatch", "unimatch", "univ-match")
 
 
 @dataclass

@@ -220,8 +220,9 @@ class Trainer:
             stream = 2 * order.index(name)
             args = dict(seed=self.cfg.seed, start_iter=self.start_iter, num_workers=t.num_workers, rank=dist.rank(), world_size=dist.world_size())
             loaders[name] = {"labeled": infinite_loader(d.labeled, d.batch_size, stream=stream, **args)}
-            if self.method.needs_unlabeled and d.unlabeled is not None and d.unlabeled_batch_size > 0:
-                loaders[name]["unlabeled"] = infinite_loader(d.unlabeled, d.unlabeled_batch_size, stream=stream + 1, **args)
+            unlabeled = d.unlabeled_view(self.method.strong_views) if self.method.needs_unlabeled else None
+            if unlabeled is not None and d.unlabeled_batch_size > 0:
+                loaders[name]["unlabeled"] = infinite_loader(unlabeled, d.unlabeled_batch_size, stream=stream + 1, **args)
         return loaders
 
     def _next_batches(self, loaders: Mapping[str, Mapping[str, Iterator[dict]]]) -> dict[str, dict[str, torch.Tensor]]:
@@ -236,7 +237,16 @@ class Trainer:
                 )
             b = {"image": lab["image"].to(self.device, non_blocking=True), "label": lab["label"].to(self.device, non_blocking=True)}
             if "unlabeled" in its:
-                b["unlabeled"] = next(its["unlabeled"])["image"].to(self.device, non_blocking=True)
+                unl = next(its["unlabeled"])
+                if isinstance(unl["image"], list):
+                    raise DataError(
+                        f"domain '{name}': unlabeled images of one batch differ in size; add a random_crop or resize "
+                        "to its train_transforms",
+                        key=f"domains.{name}.train_transforms",
+                    )
+                for key, into in (("image", "unlabeled"), ("valid", "unlabeled_valid"), ("strong", "strong"), ("cutmix", "cutmix")):
+                    if key in unl:
+                        b[into] = unl[key].to(self.device, non_blocking=True)
             batches[name] = b
         return batches
 

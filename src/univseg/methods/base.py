@@ -14,7 +14,10 @@ Per iteration the trainer calls::
         aux['loss'].backward(); optimizers[name].step()
 
 ``batches[domain]`` holds ``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
-when ``needs_unlabeled``, ``unlabeled`` [B',3,H,W].
+when ``needs_unlabeled`` (and the domain has unlabeled images), ``unlabeled`` [B',3,H,W]. A method
+with ``strong_views = S > 0`` also gets, per unlabeled image, ``strong`` [B',S,3,H,W] (photometric
+strong views of the same crop), ``cutmix`` [B',S,H,W] (bool CutMix boxes) and
+``unlabeled_valid`` [B',H,W] (bool, False on padding).
 """
 from __future__ import annotations
 
@@ -49,6 +52,7 @@ class Method(nn.Module):
     """Base class: what loss one step computes from per-domain batches (see the module doc)."""
 
     needs_unlabeled: bool = False
+    strong_views: int = 0  # strong views per unlabeled image: batches then hold strong, cutmix, unlabeled_valid
 
     def __init__(self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
         super().__init__()

@@ -51,34 +51,62 @@ class UniversalSemiSupervised(Method):
     def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         align = self.needs_unlabeled and self.bank.ready
         outputs, n_labeled = self.run_model(model, batches, unlabeled=align, embed=align)
-
         terms: dict[str, torch.Tensor] = {}
+        total = self.supervised(outputs, n_labeled, batches, terms, update_bank=align)
+        if align:
+            rows = {d: slice(n_labeled[d], None) for d in outputs}
+            total = total + self.alignment(outputs, rows, batches, terms)
+        terms["loss"] = total
+        return terms
+
+    def supervised(
+        self,
+        outputs: Mapping[str, Mapping[str, torch.Tensor]],
+        n_labeled: Mapping[str, int],
+        batches: Batches,
+        terms: dict[str, torch.Tensor],
+        update_bank: bool,
+    ) -> torch.Tensor:
+        """Sum over domains of the CE of the first ``n_labeled`` rows (terms ``ce_<d>``, ``sup``);
+        with ``update_bank`` their embeddings also update the centroid bank."""
         sup = 0.0
-        unlabeled_emb = {}
         for d, out in outputs.items():
-            n = n_labeled[d]
-            label = batches[d]["label"]
+            n, label = n_labeled[d], batches[d]["label"]
             ce = supervised_ce(out[d][:n], label, self.label_spaces[d].ignore_index)
             terms[f"ce_{d}"] = ce.detach()
             sup = sup + ce
-            if align:
-                emb = out["embedding"]
-                size = tuple(label.shape[-2:])
-                self.bank.update(d, upsample(emb[:n].detach(), size), label, self.label_spaces[d].ignore_index)
-                if emb.shape[0] > n:
-                    unlabeled_emb[d] = upsample(emb[n:], size) if self.cfg.entropy_resolution == "input" else emb[n:]
-        total = sup
+            if update_bank:
+                emb = upsample(out["embedding"][:n].detach(), tuple(label.shape[-2:]))
+                self.bank.update(d, emb, label, self.label_spaces[d].ignore_index)
         terms["sup"] = sup.detach()
-        if align and unlabeled_emb:
-            within, cross = self._entropies(unlabeled_emb)
-            if self.lambda_within > 0:
-                terms["ent_within"] = within.detach()
-                total = total + self.lambda_within * within
-            if self.lambda_cross > 0:
-                terms["ent_cross"] = cross.detach()
-                total = total + self.lambda_cross * cross
-        terms["loss"] = total
-        return terms
+        return sup
+
+    def alignment(
+        self,
+        outputs: Mapping[str, Mapping[str, torch.Tensor]],
+        rows: Mapping[str, slice],
+        batches: Batches,
+        terms: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """lambda_within * within + lambda_cross * cross entropy of each domain's unlabeled embedding
+        rows (``rows[d]``) against the centroids (terms ``ent_within``, ``ent_cross``)."""
+        unlabeled_emb = {}
+        for d, out in outputs.items():
+            emb = out["embedding"][rows[d]]
+            if emb.shape[0] > 0:
+                size = tuple(batches[d]["label"].shape[-2:])
+                unlabeled_emb[d] = upsample(emb, size) if self.cfg.entropy_resolution == "input" else emb
+        if not unlabeled_emb:
+            return torch.zeros((), device=next(iter(batches.values()))["image"].device)
+        within, cross = self._entropies(unlabeled_emb)
+        total = 0.0
+        if self.lambda_within > 0:
+            terms["ent_within"] = within.detach()
+            total = total + self.lambda_within * within
+        if self.lambda_cross > 0:
+            terms["ent_cross"] = cross.detach()
+            total = total + self.lambda_cross * cross
+        return total
 
     def _entropies(self, unlabeled_emb: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """(sum over i of H(e_i, c_i), sum over ordered pairs i != j of H(e_i, c_j))."""

@@ -82,8 +82,18 @@ class UniversalModel(nn.Module):
         """Decoder features of raw (0..255) images, with ``domain``'s BatchNorm under per-domain norm."""
         if self.norm == "domain" and domain not in self.heads:
             raise KeyError(f"per-domain BatchNorm: give the domain of this pass, one of {self.head_names} (got {domain!r})")
+        return self._features(x, domain, 0.0)[0]
+
+    def _features(self, x: torch.Tensor, domain: str | None, dropout: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Decoder features and, with ``dropout > 0``, the decoder features of the same encoder
+        features after channel dropout (UniMatch's feature perturbation); one decoder pass over both."""
         with active_domain(self._domain_norms, domain):
-            return self.decoder(self.encoder.forward_features((x - self.mean) / self.std))
+            enc = self.encoder.forward_features((x - self.mean) / self.std)
+            if dropout <= 0:
+                return self.decoder(enc), None
+            both = {k: torch.cat([v, F.dropout2d(v, dropout, training=True)]) for k, v in enc.items()}
+            clean, perturbed = self.decoder(both).chunk(2)
+            return clean, perturbed
 
     def decode(
         self, feats: torch.Tensor, size: tuple[int, int], heads: Iterable[str] = (), embed: bool = False
@@ -104,6 +114,7 @@ class UniversalModel(nn.Module):
         heads: Iterable[str] | None = None,
         embed: bool = False,
         domain: str | None = None,
+        feature_dropout: float = 0.0,
     ) -> dict:
         """Logits per requested head (default: all) at input size and, if ``embed``, the embedding.
 
@@ -117,10 +128,15 @@ class UniversalModel(nn.Module):
         image batches: the k-th batches of all domains share the k-th encoder passes (so each
         batch of the list gets its own BatchNorm batch statistics) and the domain's outputs are
         concatenated in list order. One call per step keeps DistributedDataParallel's gradient
-        hooks correct for the shared encoder.
+        hooks correct for the shared encoder. With ``feature_dropout = p > 0`` the first batch of
+        each domain is also decoded from its encoder features after ``Dropout2d(p)`` (both feature
+        levels; UniMatch's feature perturbation, Yang et al. CVPR 2023): its domain's logits on
+        those come back as ``"fp"`` (rows of the first batch only).
         """
         if isinstance(x, Mapping):
-            return self._forward_domains(x, embed)
+            return self._forward_domains(x, embed, feature_dropout)
+        if feature_dropout > 0:
+            raise ValueError("feature_dropout needs the {domain: images} form of the input")
         heads = self.head_names if heads is None else list(heads)
         size = tuple(x.shape[-2:])
         if self.norm == "shared" or domain is not None:
@@ -132,7 +148,7 @@ class UniversalModel(nn.Module):
         return {h: self.decode(self.features(x, h), size, [h])[h] for h in heads}
 
     def _forward_domains(
-        self, inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], embed: bool
+        self, inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], embed: bool, feature_dropout: float = 0.0
     ) -> dict[str, dict[str, torch.Tensor]]:
         batches = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in inputs.items()}
         groups: dict[tuple, list[str]] = {}
@@ -143,14 +159,24 @@ class UniversalModel(nn.Module):
         pieces: dict[str, list] = {name: [None] * len(parts) for name, parts in batches.items()}
         for (k, *_), names in groups.items():
             images = [batches[n][k] for n in names]
-            feats = self.features(torch.cat(images), names[0] if self.norm == "domain" else None)
+            dropout = feature_dropout if k == 0 else 0.0
+            feats, perturbed = self._features(torch.cat(images), names[0] if self.norm == "domain" else None, dropout)
             size = tuple(images[0].shape[-2:])
-            for n, f in zip(names, feats.split([im.shape[0] for im in images])):
+            rows = [im.shape[0] for im in images]
+            perturbed_rows = perturbed.split(rows) if perturbed is not None else [None] * len(names)
+            for n, f, fp in zip(names, feats.split(rows), perturbed_rows):
                 pieces[n][k] = self.decode(f, size, [n], embed)
-        return {
-            name: parts[0] if len(parts) == 1 else {key: torch.cat([p[key] for p in parts]) for key in parts[0]}
-            for name, parts in pieces.items()
-        }
+                if fp is not None:
+                    pieces[n][k]["fp"] = upsample(self.heads[n](fp), size)
+        return {name: _concat_parts(parts) for name, parts in pieces.items()}
+
+
+def _concat_parts(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One domain's outputs of its batches, concatenated in order (keys of the first batch only, e.g. ``fp``, stay as they are)."""
+    if len(parts) == 1:
+        return parts[0]
+    out = {key: torch.cat([p[key] for p in parts]) for key in parts[1]}
+    return {**parts[0], **out}
 
 
 def upsample(t: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

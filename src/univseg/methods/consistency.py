@@ -1,0 +1,167 @@
+"""Weak-to-strong consistency over several domains with different label spaces, with and without
+the paper's entropy alignment.
+
+    fixmatch    Sohn et al., NeurIPS 2020, as UniMatch's code applies it to segmentation: per domain,
+                pseudo-labels from the domain's own head on the weak view of an unlabeled image
+                supervise one strong view (colour, grayscale, blur, CutMix) where their confidence
+                reaches ``method.consistency.threshold``.
+    unimatch    Yang et al., CVPR 2023: fixmatch with two strong views and a feature-perturbed
+                weak view (``Dropout2d`` on the encoder features): L_u = fp_weight * L_fp +
+                (1 - fp_weight) * mean(L_s1, L_s2).
+    univ-match  unimatch plus Kalluri et al.'s within- and cross-domain entropy alignment of the
+                weak views' embeddings (``method.lambda_within`` / ``lambda_cross``, after
+                ``method.warmup_iters``).
+
+Total loss: sum over domains of CE(labeled) + weight * L_u (+ alignment). UniMatch's code halves
+the whole sum; with AdamW that changes nothing, with SGD it is half the learning rate.
+
+Per step each domain has two encoder passes in the one model call: its labeled and weak unlabeled
+images together (shared BatchNorm batch statistics, as in UniMatch), and its strong views. CutMix
+pastes a box of the next image of the same domain's batch (``roll`` by one) into each strong
+view; the pseudo-labels, confidences and padding masks are pasted the same way. A pixel's loss
+counts where it is confident; the sum is divided by the number of real (non-padding) pixels.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..data.label_space import LabelSpace
+from .base import METHODS, Batches, Method
+from .universal import UniversalSemiSupervised
+
+
+def cutmix(values: torch.Tensor, boxes: torch.Tensor) -> torch.Tensor:
+    """Paste, inside ``boxes[i]`` [B,H,W] (bool), the same place of ``values[(i + 1) % B]`` into ``values[i]``.
+
+    ``values`` is [B,H,W] or [B,C,H,W]; the result has its shape and dtype.
+    """
+    partner = values.roll(-1, dims=0)
+    mask = boxes if values.dim() == 3 else boxes.unsqueeze(1)
+    return torch.where(mask, partner, values)
+
+
+def masked_pseudo_label_ce(
+    logits: torch.Tensor, pseudo: torch.Tensor, confident: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Sum of the per-pixel CE of ``logits`` [B,K,H,W] against ``pseudo`` [B,H,W] over pixels that are
+    ``confident`` and ``valid``, divided by the number of ``valid`` pixels (UniMatch's normalisation);
+    0 with a graph when no pixel is valid."""
+    loss = F.cross_entropy(logits.float(), pseudo, reduction="none")
+    keep = confident & valid
+    n_valid = valid.sum()
+    if int(n_valid) == 0:
+        return logits.sum() * 0.0
+    return (loss * keep).sum() / n_valid
+
+
+class WeakToStrong(UniversalSemiSupervised):
+    """Supervised CE, weak-to-strong consistency per domain and optionally the entropy alignment (module doc)."""
+
+    def __init__(
+        self,
+        cfg: Any,
+        label_spaces: Mapping[str, LabelSpace],
+        embed_dim: int,
+        strong_views: int,
+        feature_dropout: float,
+        lambda_cross: float = 0.0,
+        lambda_within: float = 0.0,
+    ) -> None:
+        super().__init__(cfg, label_spaces, embed_dim, lambda_cross=lambda_cross, lambda_within=lambda_within)
+        self.aligns = self.needs_unlabeled
+        self.needs_unlabeled = True
+        self.strong_views = strong_views
+        self.feature_dropout = feature_dropout
+        self.fp_weight = cfg.consistency.fp_weight if feature_dropout > 0 else 0.0
+
+    def before_step(self, iteration: int, centroid_source) -> None:
+        if self.aligns:
+            super().before_step(iteration, centroid_source)
+
+    def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
+        align = self.aligns and self.bank.ready
+        inputs, n_labeled, n_unlabeled = {}, {}, {}
+        for d, b in batches.items():
+            n_labeled[d] = b["image"].shape[0]
+            n_unlabeled[d] = b["unlabeled"].shape[0] if "strong" in b else 0
+            if n_unlabeled[d] == 0:  # a domain without unlabeled images: supervised only
+                inputs[d] = b["image"]
+                continue
+            strong = b["strong"]  # [B, S, 3, H, W]
+            mixed = [cutmix(strong[:, s], b["cutmix"][:, s]) for s in range(strong.shape[1])]
+            inputs[d] = [torch.cat([b["image"], b["unlabeled"]]), torch.cat(mixed)]
+        outputs = model(inputs, embed=align, feature_dropout=self.feature_dropout)
+
+        terms: dict[str, torch.Tensor] = {}
+        total = self.supervised(outputs, n_labeled, batches, terms, update_bank=align)
+        unlabeled = [
+            self._consistency(out[d], out.get("fp"), n_labeled[d], n_unlabeled[d], batches[d], d, terms)
+            for d, out in outputs.items()
+            if n_unlabeled[d] > 0
+        ]
+        if unlabeled:
+            u = torch.stack(unlabeled).sum()
+            terms["unsup"] = u.detach()
+            total = total + self.cfg.consistency.weight * u
+        if align:
+            rows = {d: slice(n_labeled[d], n_labeled[d] + n_unlabeled[d]) for d in outputs}
+            total = total + self.alignment(outputs, rows, batches, terms)
+        terms["loss"] = total
+        return terms
+
+    def _consistency(
+        self,
+        logits: torch.Tensor,
+        fp_logits: torch.Tensor | None,
+        n: int,
+        nu: int,
+        batch: Mapping[str, torch.Tensor],
+        domain: str,
+        terms: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """L_u of one domain from its rows: [labeled n | weak nu | strong views S * nu]."""
+        with torch.no_grad():
+            conf, pseudo = logits[n:n + nu].detach().float().softmax(1).max(1)
+            confident = conf >= self.cfg.consistency.threshold
+        valid = batch["unlabeled_valid"]
+        strong_logits = logits[n + nu:].split(nu)
+        boxes = batch["cutmix"]
+        strong_losses = []
+        for s, view_logits in enumerate(strong_logits):
+            box = boxes[:, s]
+            strong_losses.append(
+                masked_pseudo_label_ce(view_logits, cutmix(pseudo, box), cutmix(confident, box), cutmix(valid, box))
+            )
+        strong = torch.stack(strong_losses).mean()
+        terms[f"strong_{domain}"] = strong.detach()
+        terms[f"confident_{domain}"] = (confident & valid).float().mean().detach()
+        if fp_logits is None or self.fp_weight == 0:
+            return strong
+        fp = masked_pseudo_label_ce(fp_logits[n:n + nu], pseudo, confident, valid)
+        terms[f"fp_{domain}"] = fp.detach()
+        return self.fp_weight * fp + (1 - self.fp_weight) * strong
+
+
+@METHODS.register("fixmatch")
+def fixmatch(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """FixMatch per domain in one model: one strong view, no feature perturbation, no alignment."""
+    return WeakToStrong(cfg, label_spaces, embed_dim, strong_views=1, feature_dropout=0.0)
+
+
+@METHODS.register("unimatch")
+def unimatch(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """UniMatch per domain in one model: two strong views and the feature-perturbed view, no alignment."""
+    return WeakToStrong(cfg, label_spaces, embed_dim, strong_views=2, feature_dropout=cfg.consistency.feature_dropout)
+
+
+@METHODS.register("univ-match")
+def univ_match(cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> Method:
+    """UniMatch plus the within- and cross-domain entropy alignment of the weak views' embeddings."""
+    return WeakToStrong(
+        cfg, label_spaces, embed_dim, strong_views=2, feature_dropout=cfg.consistency.feature_dropout,
+        lambda_cross=cfg.lambda_cross, lambda_within=cfg.lambda_within,
+    )

@@ -1,0 +1,185 @@
+"""Weak-to-strong consistency methods (fixmatch, unimatch, univ-match): CutMix, masked pseudo-label
+loss, threshold, feature perturbation, training end to end, exact resume, experiment rows."""
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import run_killed_at
+from univseg.config import validate_config
+from univseg.data.label_space import LabelSpace
+from univseg.engine.checkpoint import Checkpoint
+from univseg.engine.experiment import default_methods, run_experiment
+from univseg.engine.trainer import Trainer
+from univseg.methods import METHODS, build_method
+from univseg.methods.consistency import WeakToStrong, cutmix, masked_pseudo_label_ce
+from univseg.models.universal import UniversalModel
+
+NEW = ["fixmatch", "unimatch", "univ-match"]
+
+
+def ce(logits, k):  # -log softmax(logits)[k]
+    return -(logits[k] - math.log(sum(math.exp(v) for v in logits)))
+
+
+def test_cutmix_pastes_the_next_images_box_into_values_and_labels():
+    values = torch.arange(3 * 2 * 2).view(3, 2, 2)  # image i holds 4i..4i+3
+    boxes = torch.zeros(3, 2, 2, dtype=torch.bool)
+    boxes[0, 0, 1] = True
+    boxes[2, 1, :] = True
+    out = cutmix(values, boxes)
+    assert out.tolist() == [[[0, 5], [2, 3]], [[4, 5], [6, 7]], [[8, 9], [2, 3]]]
+    images = values.unsqueeze(1).repeat(1, 3, 1, 1).float()  # [B, C, H, W]: every channel alike
+    mixed = cutmix(images, boxes)
+    assert all(torch.equal(mixed[:, c], out.float()) for c in range(3))
+
+
+def test_masked_pseudo_label_ce_counts_confident_pixels_over_valid_ones():
+    logits = torch.tensor([[2.0, 0.0], [0.0, 1.0], [1.0, 1.0], [3.0, -1.0]]).T.reshape(1, 2, 2, 2)
+    pseudo = torch.tensor([[[0, 1], [1, 0]]])
+    confident = torch.tensor([[[True, False], [True, True]]])
+    valid = torch.tensor([[[True, True], [True, False]]])
+    got = masked_pseudo_label_ce(logits, pseudo, confident, valid)
+    # kept: pixels 0 and 2 (pixel 1 not confident, pixel 3 padding); divided by the 3 valid pixels
+    want = (ce([2.0, 0.0], 0) + ce([1.0, 1.0], 1)) / 3
+    assert got.item() == pytest.approx(want, rel=1e-6)
+    assert masked_pseudo_label_ce(logits, pseudo, confident, torch.zeros_like(valid)).item() == 0.0
+
+
+class FixedModel(torch.nn.Module):
+    """Returns fixed logits for domain 'a': rows = labeled, weak, strong view(s); 'fp' = weak rows."""
+
+    def __init__(self, logits, fp=None):
+        super().__init__()
+        self.logits = torch.nn.Parameter(logits.clone())
+        self.fp = None if fp is None else torch.nn.Parameter(fp.clone())
+
+    def forward(self, inputs, embed=False, feature_dropout=0.0):
+        out = {"a": self.logits}
+        if feature_dropout > 0:
+            out["fp"] = self.fp
+        return {"a": out}
+
+
+def method_cfg(name, threshold, **consistency):
+    raw = {"name": "tiny", "domains": [{"name": "a", "dataset": {"type": "synthetic"}}],
+           "method": {"name": name, "consistency": {"threshold": threshold, **consistency}}}
+    return validate_config(raw).method
+
+
+def one_pixel_batch(strong_views):
+    """One labeled and one unlabeled 1x2 image of domain 'a' (no CutMix box)."""
+    return {"a": {
+        "image": torch.zeros(1, 3, 1, 2), "label": torch.tensor([[[0, 1]]]),
+        "unlabeled": torch.zeros(1, 3, 1, 2), "unlabeled_valid": torch.ones(1, 1, 2, dtype=torch.bool),
+        "strong": torch.zeros(1, strong_views, 3, 1, 2), "cutmix": torch.zeros(1, strong_views, 1, 2, dtype=torch.bool),
+    }}
+
+
+def test_pseudo_labels_below_the_threshold_are_ignored():
+    """Weak pixel 0 is confident (p=0.982 > 0.95) for class 0, pixel 1 is not (p=0.731): only pixel 0
+    supervises the strong view, and the sum is divided by both (valid) pixels."""
+    space = {"a": LabelSpace.from_names("a", ["x", "y"])}
+    method = build_method(method_cfg("fixmatch", 0.95), space, 8)
+    labeled = [[1.0, 0.0], [0.0, 1.0]]
+    weak = [[4.0, 0.0], [1.0, 0.0]]
+    strong = [[0.5, 0.2], [3.0, -3.0]]
+    rows = torch.tensor([labeled, weak, strong]).permute(0, 2, 1).unsqueeze(2)  # [3 rows, 2 classes, 1, 2]
+    terms = method.losses(FixedModel(rows), one_pixel_batch(1))
+    want_strong = ce(strong[0], 0) / 2
+    want_sup = (ce(labeled[0], 0) + ce(labeled[1], 1)) / 2
+    assert terms["strong_a"].item() == pytest.approx(want_strong, rel=1e-5)
+    assert terms["unsup"].item() == pytest.approx(want_strong, rel=1e-5)
+    assert terms["confident_a"].item() == pytest.approx(0.5)
+    assert terms["loss"].item() == pytest.approx(want_sup + want_strong, rel=1e-5)
+    # threshold 0: both pixels count
+    method0 = build_method(method_cfg("fixmatch", 0.0), space, 8)
+    both = method0.losses(FixedModel(rows), one_pixel_batch(1))["strong_a"].item()
+    assert both == pytest.approx((ce(strong[0], 0) + ce(strong[1], 0)) / 2, rel=1e-5)
+
+
+def test_unimatch_weights_the_perturbed_view_half_and_each_strong_view_a_quarter():
+    space = {"a": LabelSpace.from_names("a", ["x", "y"])}
+    method = build_method(method_cfg("unimatch", 0.0), space, 8)
+    assert isinstance(method, WeakToStrong) and method.strong_views == 2
+    weak = [[2.0, 0.0], [0.0, 2.0]]  # pseudo-labels 0, 1
+    s1, s2 = [[1.0, 0.0], [1.0, 0.0]], [[0.0, 0.0], [0.0, 3.0]]
+    fp = [[0.0, 1.0], [0.0, 1.0]]
+    rows = torch.tensor([[[0.0, 0.0]] * 2, weak, s1, s2]).permute(0, 2, 1).unsqueeze(2)
+    fp_rows = torch.tensor([[[0.0, 0.0]] * 2, fp]).permute(0, 2, 1).unsqueeze(2)
+    terms = method.losses(FixedModel(rows, fp_rows), one_pixel_batch(2))
+    l1 = (ce(s1[0], 0) + ce(s1[1], 1)) / 2
+    l2 = (ce(s2[0], 0) + ce(s2[1], 1)) / 2
+    lfp = (ce(fp[0], 0) + ce(fp[1], 1)) / 2
+    assert terms["fp_a"].item() == pytest.approx(lfp, rel=1e-5)
+    assert terms["unsup"].item() == pytest.approx(0.5 * lfp + 0.25 * l1 + 0.25 * l2, rel=1e-5)
+
+
+def test_feature_perturbation_returns_fp_logits_of_the_first_batch_only():
+    torch.manual_seed(0)
+    for norm in ("shared", "domain"):
+        model = UniversalModel("erfnet", {"a": 3, "b": 4}, embed_dim=8, backbone_args={"width": 0.25}, decoder="lraspp", norm=norm)
+        x = {"a": [torch.rand(2, 3, 32, 48) * 255, torch.rand(3, 3, 32, 48) * 255], "b": torch.rand(1, 3, 32, 48) * 255}
+        out = model(x, embed=True, feature_dropout=0.5)
+        assert out["a"]["a"].shape == (5, 3, 32, 48) and out["a"]["fp"].shape == (2, 3, 32, 48)
+        assert out["b"]["fp"].shape == (1, 4, 32, 48)
+        assert not torch.allclose(out["a"]["fp"], out["a"]["a"][:2])
+        plain = model(x, embed=True)
+        assert "fp" not in plain["a"] and "fp" not in plain["b"]
+        with pytest.raises(ValueError, match="feature_dropout"):
+            model(x["b"], feature_dropout=0.5)
+
+
+def consistency_raw(tiny_raw, name):
+    tiny_raw["method"] = {**tiny_raw["method"], "name": name, "consistency": {"threshold": 0.0}}
+    tiny_raw["train"]["eval_interval"] = 0
+    for d in tiny_raw["domains"]:
+        d["train_transforms"] = [{"type": "random_crop", "size": [32, 40]}, {"type": "hflip"}]
+    return tiny_raw
+
+
+def records(work_dir):
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("name", NEW)
+def test_new_methods_train_with_finite_moving_terms_and_resume_exactly(name, tiny_raw, tmp_path):
+    raw = consistency_raw(tiny_raw, name)
+    full, part = tmp_path / "full", tmp_path / "part"
+    Trainer(validate_config(raw), full, progress=False).run()
+    logs = [r for r in records(full) if "loss" in r]
+    assert len(logs) == 6
+    for key in ("loss", "sup", "unsup", "strong_city", "strong_rural"):
+        values = [r[key] for r in logs]
+        assert all(math.isfinite(v) for v in values) and len(set(values)) > 1, (key, values)
+    assert all(r["unsup"] > 0 for r in logs)
+    assert ("fp_city" in logs[0]) == (name != "fixmatch")
+    assert ("ent_cross" in logs[-1]) == (name == "univ-match")  # alignment after warmup_iters=2
+
+    run_killed_at(Trainer(validate_config(raw), part, progress=False), 4)
+    Trainer(validate_config(raw), part, resume=True, progress=False).run()
+    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    for k in a.method:
+        assert torch.equal(a.method[k], b.method[k]), k
+
+
+def test_new_methods_are_experiment_rows(tiny_raw, tmp_path):
+    cfg = validate_config(tiny_raw)
+    assert all(m in default_methods(cfg) for m in NEW)
+    raw = consistency_raw(tiny_raw, "joint")
+    raw["train"]["iters"] = 2
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    rows = run_experiment(path, tmp_path / "exp", methods=["joint", *NEW], progress=False)
+    assert [r["method"] for r in rows] == ["joint", *NEW]
+    assert all(r["city"] is not None and r["rural"] is not None for r in rows)
+    assert (tmp_path / "exp" / "results.md").read_text().count("univ-match") == 1
+
+
+def test_methods_are_registered():
+    assert set(NEW) <= set(METHODS.names())
