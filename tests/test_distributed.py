@@ -18,9 +18,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize("unlabeled_forward, norm", [("together", "shared"), ("separate", "shared"), ("together", "domain")])
-def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward, norm):
+@pytest.mark.parametrize(
+    "unlabeled_forward, norm, method",
+    [("together", "shared", "univ-full"), ("separate", "shared", "univ-full"), ("together", "domain", "univ-full"),
+     ("together", "domain", "univ-match")],
+)
+def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward, norm, method):
     tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "checkpoint_interval": 2})
+    tiny_raw["method"]["name"] = method  # univ-match: strong views, feature perturbation and alignment through DDP
     tiny_raw["method"]["unlabeled_forward"] = unlabeled_forward  # aligned steps 3-4: one or two encoder passes per domain
     tiny_raw["model"]["norm"] = norm  # domain: one encoder pass and one set of BatchNorm statistics per domain
     cfg = tmp_path / "tiny.yaml"
@@ -41,6 +46,7 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled
     lines = [json.loads(x) for x in (work / "metrics.jsonl").read_text().splitlines()]
     assert [r["iter"] for r in lines if "loss" in r] == [1, 2, 3, 4]  # rank 0 alone writes the log
     assert [r["iter"] for r in lines if "ent_cross" in r] == [3, 4]  # the unlabeled images went through DDP
+    assert [r["iter"] for r in lines if "strong_city" in r] == ([1, 2, 3, 4] if method == "univ-match" else [])
     evals = json.loads((work / "eval_results.json").read_text())
     # the val split (4 images per domain) is sharded over the 2 ranks and the confusion matrices summed
     assert evals["domains"]["city"]["pixels"] == 4 * 32 * 48 - _ignored(tiny_raw, "city")
