@@ -98,6 +98,14 @@ def test_class_sums_skip_ignore_and_count_pixels():
     assert torch.allclose(sums, torch.tensor([[6.0, 8.0], [0.0, 0.0], [3.0, 4.0]]))
 
 
+def test_class_sums_of_a_feature_resolution_embedding_sum_its_bilinear_upsampling():
+    """Width 2 -> 4 (align_corners=False): values (0, 4) upsample to (0, 1, 3, 4)."""
+    e = emb([0.0], [4.0])
+    sums, counts = class_sums(e, torch.tensor([[[0, 0, 1, 255]]]), num_classes=2)
+    assert torch.equal(counts, torch.tensor([2.0, 1.0]))
+    assert torch.allclose(sums, torch.tensor([[1.0], [3.0]]))
+
+
 def test_centroid_bank_set_and_ema_update():
     bank = CentroidBank({"a": 3}, dim=2, mode="ema", momentum=0.5)
     bank.set_from_sums("a", torch.tensor([[6.0, 8.0], [0.0, 0.0], [3.0, 4.0]]), torch.tensor([2.0, 0.0, 1.0]))

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..data.label_space import IGNORE_INDEX
 from ..utils import dist
+from .bilinear import bilinear_taps
 
 
 def class_sums(
@@ -16,11 +17,16 @@ def class_sums(
     """Per-class sum of pixel embeddings and pixel counts.
 
     Args:
-        embedding: [B, D, H, W]; labels: [B, H, W] train ids (``ignore_index`` skipped).
+        embedding: [B, D, h, w] at the labels' size, or at another (feature) resolution: then the
+            sums are those of ``upsample(embedding, (H, W))`` (bilinear, align_corners=False, the
+            model's ``upsample``), computed without that [B, D, H, W] tensor (:func:`upsampled_class_sums`).
+        labels: [B, H, W] train ids (``ignore_index`` skipped).
 
     Returns:
         sums [K, D] (float32) and counts [K] (float32).
     """
+    if tuple(embedding.shape[-2:]) != tuple(labels.shape[-2:]):
+        return upsampled_class_sums(embedding, labels, num_classes, ignore_index)
     d = embedding.shape[1]
     e = embedding.detach().float().permute(0, 2, 3, 1).reshape(-1, d)
     y = labels.reshape(-1)
@@ -28,6 +34,39 @@ def class_sums(
     e, y = e[keep], y[keep].long()
     sums = torch.zeros(num_classes, d, dtype=torch.float32, device=embedding.device).index_add_(0, y, e)
     counts = torch.bincount(y, minlength=num_classes).float()
+    return sums, counts
+
+
+def upsampled_class_sums(
+    embedding: torch.Tensor, labels: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``class_sums(upsample(embedding, labels' size), labels)`` from the embedding at feature resolution.
+
+    The sum of class k is sum over labeled pixels p of class k of up(E)(p) = sum_q W_k(q) E(q), where
+    W_k(q) adds the bilinear weights w(p, q) of those pixels (the transposed upsampling applied to the
+    class's one-hot mask). W [B, K, h, w] is built by scattering each kept pixel's four tap weights
+    (:func:`~univseg.losses.bilinear.bilinear_taps`), then contracted with E at feature resolution:
+    memory O(B H W) integers plus O(B K h w), never [B, D, H, W]. Equal to the reference up to float
+    rounding (summation order); counts are identical.
+    """
+    b, d, h, w = embedding.shape
+    out_h, out_w = labels.shape[-2:]
+    device = embedding.device
+    ty, tx = bilinear_taps(h, out_h, device), bilinear_taps(w, out_w, device)
+    y = labels.to(device).long()
+    keep = (y != ignore_index) & (y >= 0) & (y < num_classes)
+    counts = torch.bincount(y[keep], minlength=num_classes).float()
+    bi, yi, xi = keep.nonzero(as_tuple=True)  # kept pixels
+    cls = y[bi, yi, xi]
+    # flat index into the padded weights [B, K, h+1, w+1] (i0 + 1 / j0 + 1 may be one past the end, with weight 0)
+    plane = (bi * num_classes + cls) * (h + 1)
+    weights = torch.zeros(b * num_classes * (h + 1) * (w + 1), dtype=torch.float32, device=device)
+    for r, a in ((0, ty.w0), (1, ty.w1)):
+        row = (plane + ty.index[yi] + r) * (w + 1)
+        for s, bw in ((0, tx.w0), (1, tx.w1)):
+            weights.index_add_(0, row + tx.index[xi] + s, a[yi] * bw[xi])
+    weights = weights.view(b, num_classes, h + 1, w + 1)[..., :h, :w]  # the padding only ever gets weight 0
+    sums = torch.einsum("bkij,bdij->kd", weights, embedding.detach().float())
     return sums, counts
 
 

@@ -16,8 +16,7 @@ from torch import nn
 
 from ..data.label_space import LabelSpace
 from ..errors import ConfigError
-from ..losses import CentroidBank, alignment_entropy, supervised_ce
-from ..models.universal import upsample
+from ..losses import CentroidBank, alignment_entropies, supervised_ce
 from .base import METHODS, Batches, CentroidSource, Method
 
 
@@ -68,16 +67,17 @@ class UniversalSemiSupervised(Method):
         update_bank: bool,
     ) -> torch.Tensor:
         """Sum over domains of the CE of the first ``n_labeled`` rows (terms ``ce_<d>``, ``sup``);
-        with ``update_bank`` their embeddings also update the centroid bank."""
+        with ``update_bank`` their embeddings also update an ``ema`` centroid bank (a frozen bank
+        reads nothing: skipped). The per-class sums come from the embedding at feature resolution
+        (``class_sums`` scatters the labels' bilinear weights; no upsampled embedding)."""
         sup = 0.0
         for d, out in outputs.items():
             n, label = n_labeled[d], batches[d]["label"]
             ce = supervised_ce(out[d][:n], label, self.label_spaces[d].ignore_index)
             terms[f"ce_{d}"] = ce.detach()
             sup = sup + ce
-            if update_bank:
-                emb = upsample(out["embedding"][:n].detach(), tuple(label.shape[-2:]))
-                self.bank.update(d, emb, label, self.label_spaces[d].ignore_index)
+            if update_bank and self.bank.mode == "ema":
+                self.bank.update(d, out["embedding"][:n].detach(), label, self.label_spaces[d].ignore_index)
         terms["sup"] = sup.detach()
         return sup
 
@@ -89,13 +89,16 @@ class UniversalSemiSupervised(Method):
         terms: dict[str, torch.Tensor],
     ) -> torch.Tensor:
         """lambda_within * within + lambda_cross * cross entropy of each domain's unlabeled embedding
-        rows (``rows[d]``) against the centroids (terms ``ent_within``, ``ent_cross``)."""
+        rows (``rows[d]``) against the centroids (terms ``ent_within``, ``ent_cross``).
+
+        At ``entropy_resolution: input`` the scores are those of the embedding upsampled to the
+        image size, computed without materialising it (``method.cosine_upsample``)."""
         unlabeled_emb = {}
         for d, out in outputs.items():
             emb = out["embedding"][rows[d]]
             if emb.shape[0] > 0:
-                size = tuple(batches[d]["label"].shape[-2:])
-                unlabeled_emb[d] = upsample(emb, size) if self.cfg.entropy_resolution == "input" else emb
+                at_input = self.cfg.entropy_resolution == "input"
+                unlabeled_emb[d] = (emb, tuple(batches[d]["label"].shape[-2:]) if at_input else tuple(emb.shape[-2:]))
         if not unlabeled_emb:
             return torch.zeros((), device=next(iter(batches.values()))["image"].device)
         within, cross = self._entropies(unlabeled_emb)
@@ -108,16 +111,20 @@ class UniversalSemiSupervised(Method):
             total = total + self.lambda_cross * cross
         return total
 
-    def _entropies(self, unlabeled_emb: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """(sum over i of H(e_i, c_i), sum over ordered pairs i != j of H(e_i, c_j))."""
-        within = cross = next(iter(unlabeled_emb.values())).new_zeros(())
-        for i, emb in unlabeled_emb.items():
-            for j in self.label_spaces:
-                weight = self.lambda_within if i == j else self.lambda_cross
-                if weight == 0:
-                    continue
-                c, valid = self.bank.get(j)
-                h = alignment_entropy(emb, c, valid, self.cfg.similarity, self.cfg.temperature)
+    def _entropies(self, unlabeled_emb: Mapping[str, tuple[torch.Tensor, tuple[int, int]]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sum over i of H(e_i, c_i), sum over ordered pairs i != j of H(e_i, c_j)) from
+        ``{i: (embedding, size the entropy is taken at)}``; each domain's embedding is scored
+        against all the centroid sets it needs in one pass (normalised once)."""
+        within = cross = next(iter(unlabeled_emb.values()))[0].new_zeros(())
+        for i, (emb, size) in unlabeled_emb.items():
+            targets = [j for j in self.label_spaces if (self.lambda_within if i == j else self.lambda_cross) > 0]
+            if not targets:
+                continue
+            entropies = alignment_entropies(
+                emb, [self.bank.get(j) for j in targets], self.cfg.similarity, self.cfg.temperature, size,
+                self.cfg.cosine_upsample,
+            )
+            for j, h in zip(targets, entropies):
                 if i == j:
                     within = within + h
                 else:
