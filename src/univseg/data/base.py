@@ -1,9 +1,20 @@
-"""The dataset interface every adapter implements, and file reading with clear errors."""
+"""The dataset interface every adapter implements, file reading with clear errors, and folder listing.
+
+Images are read as 8-bit RGB whatever their stored mode (:func:`image_to_rgb`: 16-bit greyscale is
+scaled by its bit depth, value / 257); labels are read as the values they store, never rescaled
+(:func:`read_label`). Folders are listed by :func:`list_files`, which follows symbolic links and
+reports, instead of silently skipping, links that are broken or loop (:func:`report_bad_links`).
+"""
 from __future__ import annotations
 
 import abc
+import contextlib
+import contextvars
+import errno
+import os
+import sys
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -141,28 +152,197 @@ def image_folder_dataset(folder: Path, label_space: LabelSpace) -> FileSegDatase
     folder = Path(folder)
     if not folder.is_dir():
         raise MissingFileError(f"unlabeled image folder not found: {folder}", path=folder)
-    images = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    images = list_files(folder, lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES)
     if not images:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) found under {folder}", path=folder)
     return FileSegDataset(label_space, images, None, root=folder)
 
 
+# ----------------------------------------------------------------------------------------------
+# folders and links
+# ----------------------------------------------------------------------------------------------
+
+#: A link that cannot be followed, and why: ``(path, "a broken symbolic link to x.png")``.
+BadLink = tuple[Path, str]
+
+_BAD_LINKS: contextvars.ContextVar[list[BadLink] | None] = contextvars.ContextVar("univseg_bad_links", default=None)
+_WARNED_FOLDERS: set[Path] = set()
+
+
+def list_files(folder: Path, keep: Callable[[str], bool], recursive: bool = True) -> list[Path]:
+    """Sorted files in ``folder`` whose names pass ``keep``; with ``recursive`` also those in its
+    sub-folders. Symbolic links are followed, linked folders included. A link that is broken, loops
+    on itself, or leads back to a folder above it is skipped and reported (:func:`report_bad_links`).
+    """
+    folder = Path(folder)
+    files: list[Path] = []
+    bad: list[BadLink] = []
+    _walk(folder, keep, recursive, [folder.resolve()], files, bad)
+    report_bad_links(folder, bad)
+    return sorted(files)
+
+
+def _walk(folder: Path, keep: Callable[[str], bool], recursive: bool, above: list[Path],
+          files: list[Path], bad: list[BadLink]) -> None:
+    """Add the kept files of ``folder`` to ``files`` (and its sub-folders' with ``recursive``), and the
+    links that cannot be followed to ``bad``; ``above`` holds the real paths of the folders walked into."""
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as e:
+        raise UnreadableFileError(f"cannot list folder {folder}: {e.strerror or e}", path=folder) from None
+    for entry in entries:
+        path = Path(entry.path)
+        problem = link_problem(path) if entry.is_symlink() else None
+        if problem is not None:
+            if keep(entry.name) or (recursive and not Path(entry.name).suffix):  # an image, or maybe a folder
+                bad.append((path, problem))
+        elif entry.is_dir():
+            if recursive:
+                real = path.resolve()
+                if real in above:
+                    bad.append((path, f"a symbolic link loop: it leads back to {real}, a folder above it"))
+                else:
+                    _walk(path, keep, recursive, [*above, real], files, bad)
+        elif entry.is_file() and keep(entry.name):
+            files.append(path)
+
+
+def link_problem(path: Path) -> str | None:
+    """Why symbolic link ``path`` cannot be followed ("a broken symbolic link to x", "a symbolic link
+    loop"), or None when it is no link or leads to something that exists."""
+    if not path.is_symlink():
+        return None
+    try:
+        path.stat()
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if e.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"a broken symbolic link to {os.readlink(path)}"
+        return f"a symbolic link that cannot be followed ({e.strerror})"
+    return None
+
+
+@contextlib.contextmanager
+def collect_bad_links() -> Iterator[list[BadLink]]:
+    """Within this block :func:`report_bad_links` adds the links to the yielded list instead of
+    warning (``univseg data check`` reports each of them as a problem)."""
+    found: list[BadLink] = []
+    token = _BAD_LINKS.set(found)
+    try:
+        yield found
+    finally:
+        _BAD_LINKS.reset(token)
+
+
+def report_bad_links(folder: Path, bad: Sequence[BadLink]) -> None:
+    """Tell the user about links under ``folder`` that were skipped: one warning on stderr per folder
+    and process (the first link and the count), or into the list of :func:`collect_bad_links`."""
+    sink = _BAD_LINKS.get()
+    if not bad or (sink is None and Path(folder) in _WARNED_FOLDERS):
+        return
+    if sink is not None:
+        sink.extend(bad)
+        return
+    _WARNED_FOLDERS.add(Path(folder))
+    path, problem = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    print(f"warning: skipped {path}{more} under {folder}: {problem}; fix or remove the link "
+          "('univseg data check' lists every such link)", file=sys.stderr, flush=True)
+
+
+def missing_reason(path: Path) -> str:
+    """`` (x is a broken symbolic link to y)`` when ``path`` is a link that cannot be followed, else ``""``."""
+    problem = link_problem(Path(path))
+    return "" if problem is None else f" ({path} is {problem})"
+
+
+# ----------------------------------------------------------------------------------------------
+# images and labels
+# ----------------------------------------------------------------------------------------------
+
+#: Modes read through PIL's own conversion to RGB (alpha, where present, is dropped, not composited).
+_COLOUR_MODES = ("1", "L", "LA", "RGB", "RGBA", "RGBX", "RGBa", "CMYK", "YCbCr")
+#: 16-bit greyscale modes (byte orders); their values are the stored 16-bit values.
+_GREY16_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+#: Modes whose pixel values are raw label values as stored.
+_LABEL_MODES = ("L", "P", "I") + _GREY16_MODES
+
+
 def read_image(path: Path) -> np.ndarray:
-    """Read an RGB image as HxWx3 uint8; MissingFileError / UnreadableFileError name the file."""
-    return decode_file(path, "image", lambda im: np.array(im.convert("RGB")))  # writable copy
+    """Read an image as HxWx3 uint8 RGB (see :func:`image_to_rgb`); MissingFileError / UnreadableFileError name the file."""
+    return decode_file(path, "image", lambda im: image_to_rgb(im, path))
+
+
+def image_to_rgb(im: Image.Image, path: Path | None = None) -> np.ndarray:
+    """HxWx3 uint8 RGB pixels of a PIL image of any mode with a known brightness scale (a writable copy).
+
+    Greyscale becomes three equal channels. Deeper greyscale is scaled by its bit depth to 0..255:
+    ``round(v * 255 / (2**depth - 1))``, i.e. ``v / 257`` for 16-bit (``I;16``, and ``I`` images whose
+    file declares 16 bits or fewer); float (``F``) images must hold 0..1 and are multiplied by 255.
+    Palette images take their palette's colours; an alpha channel is dropped (not composited);
+    CMYK and YCbCr are converted by PIL. Anything else (32-bit integers, floats outside 0..1, LAB,
+    HSV) raises UnreadableFileError naming ``path``.
+    """
+    if im.mode in _GREY16_MODES or im.mode in ("I", "F"):
+        return np.repeat(_grey_to_uint8(im, path)[..., None], 3, axis=2)
+    if im.mode in ("P", "PA"):
+        im = im.convert("RGBA")  # palette colours, with any transparency as alpha (dropped below)
+    if im.mode in _COLOUR_MODES:
+        return np.array(im.convert("RGB"))
+    raise _uninterpretable(path, f"has pixel mode '{im.mode}', which univseg does not read as colours")
+
+
+def _grey_to_uint8(im: Image.Image, path: Path | None) -> np.ndarray:
+    """0..255 values of a 16-bit, 32-bit integer or float greyscale image, scaled by its depth (see :func:`image_to_rgb`)."""
+    values = np.asarray(im)
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if im.mode == "F":
+        if not np.isfinite(values).all() or lo < 0 or hi > 1:
+            raise _uninterpretable(path, f"holds floating-point pixels in [{lo:g}, {hi:g}]; only floats in 0..1 are read")
+        return np.rint(values * 255).astype(np.uint8)
+    depth = _bit_depth(im)
+    top = 2**depth - 1
+    if depth > 16 or lo < 0 or hi > top:
+        raise _uninterpretable(path, f"holds {depth}-bit integer pixels in [{lo:g}, {hi:g}], which have no brightness "
+                               "scale univseg can assume")
+    return ((values.astype(np.int64) * 255 + top // 2) // top).astype(np.uint8)
+
+
+def _bit_depth(im: Image.Image) -> int:
+    """Bits per sample of a 16-bit or ``I`` (32-bit integer) greyscale image: what its file declares
+    (TIFF's BitsPerSample), else 16 for the 16-bit modes and 32 for ``I``."""
+    if im.mode in _GREY16_MODES:
+        return 16
+    declared = getattr(im, "tag_v2", {}).get(258)  # TIFF BitsPerSample
+    if isinstance(declared, tuple):
+        declared = declared[0] if declared else None
+    return int(declared) if declared else 32
+
+
+def _uninterpretable(path: Path | None, why: str) -> UnreadableFileError:
+    """The error for an image (file ``path``, if any) whose pixels cannot be read as colours, because it ``why``."""
+    where = f"image {path}" if path is not None else "the image"
+    hint = "convert it to an 8-bit RGB or greyscale image"
+    return UnreadableFileError(f"cannot read {where}: it {why}; {hint}", path=path, hint=hint)
 
 
 def read_label(path: Path) -> np.ndarray:
-    """Read a single-channel label image as an HxW integer array; MissingLabelError / UnreadableFileError name the file."""
+    """Read a single-channel label image as an HxW integer array of its stored values, never rescaled:
+    16-bit labels keep values above 255 (the label space accepts or reports them), 1-bit labels read
+    as 0/1, an alpha channel is dropped. MissingLabelError / UnreadableFileError name the file."""
 
     def ids(im: Image.Image) -> np.ndarray:
-        if im.mode in ("RGB", "RGBA"):
-            raise UnreadableFileError(
-                f"label {path} is a colour ({im.mode}) image; a label must be single-channel class ids "
-                "(use a colour-coded dataset adapter, or convert it)",
-                path=path,
-            )
-        return np.asarray(im if im.mode in ("L", "P", "I", "I;16") else im.convert("L"))
+        if im.mode in _LABEL_MODES:
+            return np.asarray(im)
+        if im.mode == "1":
+            return np.asarray(im).astype(np.uint8)
+        if im.mode in ("LA", "PA"):
+            return np.asarray(im.getchannel(0))
+        colour = im.mode in ("RGB", "RGBA", "RGBX", "CMYK", "YCbCr")
+        what = f"is a colour ({im.mode}) image" if colour else f"has pixel mode '{im.mode}', not integer class ids"
+        hint = "a label must be single-channel class ids (use a colour-coded dataset adapter, or convert it)"
+        raise UnreadableFileError(f"label {path} {what}; {hint}", path=path, hint=hint)
 
     return decode_file(path, "label", ids)
 
@@ -179,10 +359,11 @@ def decode_file(path: Path, what: str, convert: Callable[[Image.Image], np.ndarr
             return convert(im)
     except FileNotFoundError:
         missing = MissingLabelError if what == "label" else MissingFileError
-        raise missing(f"{what} file not found: {path}", path=path) from None
+        raise missing(f"{what} file not found: {path}{missing_reason(path)}", path=path) from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        hint = "the file is corrupt or truncated, replace or remove it"
-        raise UnreadableFileError(f"cannot read {what} {path}: {e}; {hint}", path=path, hint=hint) from None
+        problem = link_problem(Path(path))
+        hint = "fix or remove the link" if problem else "the file is corrupt or truncated, replace or remove it"
+        raise UnreadableFileError(f"cannot read {what} {path}: {problem or e}; {hint}", path=path, hint=hint) from None
 
 
 def read_text_file(path: Path, what: str) -> str:
@@ -197,5 +378,6 @@ def read_text_file(path: Path, what: str) -> str:
 
 __all__ = [
     "DATASET_IMAGE_SUFFIXES", "IMAGE_SUFFIXES", "DataError", "FileSegDataset", "SegDataset", "check_same_size",
-    "decode_file", "image_folder_dataset", "read_image", "read_label", "read_text_file",
+    "collect_bad_links", "decode_file", "image_folder_dataset", "image_to_rgb", "link_problem", "list_files",
+    "missing_reason", "read_image", "read_label", "read_text_file", "report_bad_links",
 ]

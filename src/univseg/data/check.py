@@ -20,7 +20,8 @@ Example::
 Severity: an *error* makes the data unusable for this config (training or evaluation would stop
 on it, or the data is silently wrong); a *warning* is worth a look but does not stop anything
 (a broken label of a train image outside the labeled subset, a class absent from the labeled
-subset, the same image in the train and val splits).
+subset, the same image in the train and val splits, a symbolic link that is broken or loops:
+training skips it with a warning).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import LabelValueError, MissingFileError, SizeMismatchError, UnivsegError
-from .base import FileSegDataset, SegDataset, check_same_size
+from .base import FileSegDataset, SegDataset, check_same_size, collect_bad_links, missing_reason
 from .domain_config import DomainConfig
 from .label_space import LabelSpace
 from .recipe import EmptySplitError, RecipeProblem, UnlabeledSplitError, select_domain
@@ -55,6 +56,7 @@ PROBLEM_KINDS: dict[str, str] = {
     "size_mismatch": "an image and its label have different sizes",
     "class_absent": "a class has no pixel in the labeled subset or the val split",
     "overlap": "the same image file is in two splits (train/val leak)",
+    "bad_link": "a symbolic link in a dataset folder is broken or loops; what it stands for is skipped",
 }
 
 
@@ -289,10 +291,13 @@ def check_domain(dcfg: DomainConfig, index: int, seed: int, *, max_files: int | 
     ``seed`` is the experiment seed; the splits, labeled subset and unlabeled pool come from the
     tolerant recipe (:func:`univseg.data.recipe.select_domain`), whose problems are all reported.
     """
-    sel = select_domain(dcfg, index, seed, tolerant=True)
+    with collect_bad_links() as links:
+        sel = select_domain(dcfg, index, seed, tolerant=True)
     rep = DomainReport(name=dcfg.name, dataset=str(dcfg.dataset.get("type")), label_space=sel.label_space,
                        labeled_rule=_rule(dcfg))
     _add_recipe_problems(rep, sel.problems)
+    for link, problem in links:
+        rep.add("bad_link", f"{link} is {problem}; it is skipped: fix or remove the link", severity="warning", file=link)
     rep.labeled_subset = None if sel.labeled is None else len(sel.labeled)
     rep.unlabeled_pool = None if sel.pool is None else len(sel.pool)
 
@@ -353,7 +358,7 @@ def _label_kind(e: Exception) -> str:
 
 
 def _missing_label(image: str, label: str | Path, todo: str = "add the label or remove the image") -> str:
-    return f"image {image} has no label file (expected {label}); {todo}"
+    return f"image {image} has no label file (expected {label}){missing_reason(Path(label))}; {todo}"
 
 
 def _scan(rep: DomainReport, sr: SplitReport, ds: SegDataset, *, read_labels: bool, missing: dict[str, Path],

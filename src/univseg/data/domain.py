@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import torch
 
-from ..errors import ConfigError, MissingLabelError
+from ..errors import ConfigError, DataError, MissingLabelError
 from .base import SegDataset
 from .domain_config import UNIMATCH_STRONG_TRANSFORMS, CutMixConfig, DomainConfig
 from .label_space import LabelSpace
@@ -40,6 +40,8 @@ class SampleView(torch.utils.data.Dataset):
     * ``cutmix``: bool [S,H,W], each strong view's CutMix box (all False when none was drawn).
 
     Their randomness is drawn from the same generator after the weak view's.
+
+    ``domain`` (the domain's name) is named in the DataErrors raised while reading a sample.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class SampleView(torch.utils.data.Dataset):
         transforms: Compose,
         with_labels: bool,
         strong: StrongViews | None = None,
+        domain: str | None = None,
     ) -> None:
         if strong is not None and with_labels:
             raise ValueError("strong views are made for unlabeled samples only")
@@ -55,6 +58,7 @@ class SampleView(torch.utils.data.Dataset):
         self.transforms = transforms
         self.with_labels = with_labels
         self.strong = strong
+        self.domain = domain
 
     def __len__(self) -> int:
         return len(self.items)
@@ -66,12 +70,12 @@ class SampleView(torch.utils.data.Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict[str, Any]:
         i, seed = key if isinstance(key, tuple) else (key, 0)
         ds, j = self.items[i]
-        if self.with_labels:
-            image, label = ds.load_pair(j)
-            if label is None:
-                raise MissingLabelError(f"sample '{ds.sample_id(j)}' has no label but is used as labeled data")
-        else:
-            image, label = ds.load_image(j), None
+        try:
+            image, label = ds.load_pair(j) if self.with_labels else (ds.load_image(j), None)
+        except DataError as e:
+            raise _in_domain(e, self.domain) from None
+        if self.with_labels and label is None:
+            raise MissingLabelError(f"sample '{ds.sample_id(j)}' has no label but is used as labeled data")
         g = torch.Generator().manual_seed(int(seed))
         if self.strong is not None:
             return {"index": i, **self._strong_item(load_arrays(image, None)[0], g)}
@@ -91,6 +95,13 @@ class SampleView(torch.utils.data.Dataset):
             views.append(self.strong.transforms(weak, None, g)[0])
             boxes.append(cutmix_box((weak.shape[-2], weak.shape[-1]), cm.p, cm.area, cm.ratio, g))
         return {"image": weak, "valid": valid, "strong": torch.stack(views), "cutmix": torch.stack(boxes)}
+
+
+def _in_domain(e: DataError, domain: str | None) -> DataError:
+    """``e`` with ``domain '<domain>': `` before its message (the same error when ``domain`` is None)."""
+    if domain is None:
+        return e
+    return type(e)(f"domain '{domain}': {e.message}", path=e.path, key=e.key, values=e.values, hint=e.hint)
 
 
 @dataclass
@@ -116,7 +127,8 @@ class Domain:
         if self.unlabeled is None or strong_views == 0:
             return self.unlabeled
         strong = StrongViews(self.strong_transforms, self.cutmix, strong_views)
-        return SampleView(self.unlabeled.items, self.unlabeled.transforms, with_labels=False, strong=strong)
+        return SampleView(self.unlabeled.items, self.unlabeled.transforms, with_labels=False, strong=strong,
+                          domain=self.unlabeled.domain)
 
 
 def build_strong_transforms(transforms: list[dict[str, Any]] | None, where: str, key: str) -> Compose:
@@ -161,10 +173,10 @@ def build_domain(cfg: DomainConfig, index: int, seed: int) -> Domain:
     return Domain(
         name=cfg.name,
         label_space=train.label_space,
-        labeled=SampleView(labeled_items, train_tf, with_labels=True),
-        unlabeled=SampleView(pool, train_tf, with_labels=False) if pool else None,
-        val=SampleView([(val, i) for i in range(len(val))], val_tf, with_labels=True),
-        centroid_view=SampleView(labeled_items, val_tf, with_labels=True),
+        labeled=SampleView(labeled_items, train_tf, with_labels=True, domain=cfg.name),
+        unlabeled=SampleView(pool, train_tf, with_labels=False, domain=cfg.name) if pool else None,
+        val=SampleView([(val, i) for i in range(len(val))], val_tf, with_labels=True, domain=cfg.name),
+        centroid_view=SampleView(labeled_items, val_tf, with_labels=True, domain=cfg.name),
         batch_size=cfg.batch_size,
         unlabeled_batch_size=cfg.unlabeled_batch_size,
         strong_transforms=strong_tf,

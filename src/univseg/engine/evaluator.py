@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.domain import Domain, eval_loader, iter_images
+from ..data.domain import Domain, eval_loader
 from ..data.label_space import LabelSpace
 from ..data.mapping import ClassMapping
 from ..errors import CheckpointError
@@ -60,7 +60,24 @@ def choose_head(
     return None
 
 
-@torch.no_grad()
+def size_groups(batch: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """``(images [n, 3, H, W], labels [n, H, W])`` of a collated batch, one group per image size.
+
+    A batch of equal sizes is one group; a batch of mixed sizes (kept as lists by ``collate``) is
+    grouped by size, in order of first appearance, so equal-size images still share a forward pass.
+    """
+    images, labels = batch["image"], batch["label"]
+    if not isinstance(images, list) and not isinstance(labels, list):
+        yield images, labels
+        return
+    groups: dict[tuple, list[tuple[torch.Tensor, torch.Tensor]]] = {}
+    for img, lab in zip(images, labels):
+        groups.setdefault((tuple(img.shape), tuple(lab.shape)), []).append((img, lab))
+    for members in groups.values():
+        yield torch.stack([m[0] for m in members]), torch.stack([m[1] for m in members])
+
+
+@torch.inference_mode()
 def predict_labels(model: torch.nn.Module, images: torch.Tensor, head: str, amp: str = "none") -> torch.Tensor:
     """Arg-max class ids [B, H, W] of head ``head`` for a batch of 0..255 float images."""
     device = next(model.parameters()).device
@@ -88,7 +105,7 @@ def evaluate_domain(
     lut = torch.tensor(choice.mapping.lut) if choice.mapping is not None else None
     bar = tqdm(loader, desc=f"eval {domain.name}", leave=False, disable=not (progress and dist.is_main()))
     for batch in bar:
-        for img, lab in iter_images(batch):
+        for img, lab in size_groups(batch):
             pred = predict_labels(model, img, choice.head, amp).cpu()
             if lut is not None:
                 pred = lut[pred]
@@ -105,19 +122,24 @@ def evaluate(
     amp: str = "none",
     num_workers: int = 0,
     progress: bool = True,
+    source: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float}``.
 
     mIoU values are fractions in [0, 1]. Domains no head can be mapped to are reported with
-    ``"skipped"`` and the reason, and left out of the mean.
+    ``"skipped"`` and the reason, and left out of the mean; when that is every domain, CheckpointError
+    names the heads and the domains (``source``: the checkpoint the model comes from, if any).
     """
+    choices = {d.name: choose_head(heads, d.name, d.label_space, eval_cfg.mappings) for d in domains}
+    if domains and all(c is None for c in choices.values()):
+        raise _nothing_to_score(heads, domains, source)
     amp = resolve_amp(amp, next(model.parameters()).device)
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
     try:
         for domain in domains:
-            choice = choose_head(heads, domain.name, domain.label_space, eval_cfg.mappings)
+            choice = choices[domain.name]
             if choice is None:
                 results[domain.name] = {
                     "skipped": f"no head of the model ({', '.join(f'{h}: {ls.name}' for h, ls in heads.items())}) "
@@ -132,6 +154,22 @@ def evaluate(
         model.train(was_training)
     scored = [r["mIoU"] for r in results.values() if r.get("mIoU") is not None]
     return {"domains": results, "mean_mIoU": float(np.mean(scored)) if scored else None}
+
+
+def _nothing_to_score(heads: Mapping[str, LabelSpace], domains: list[Domain], source: str | Path | None) -> CheckpointError:
+    """The error when no head of the model fits (or maps to) any domain of the config."""
+    model = f"checkpoint {source}" if source is not None else "the model"
+    have = ", ".join(f"'{h}' ({ls.name}: {ls.num_classes} classes)" for h, ls in heads.items())
+    want = ", ".join(f"'{d.name}' ({d.label_space.name}: {d.label_space.num_classes} classes)" for d in domains)
+    hint = (
+        "evaluate with the config the model was trained with, or add a class mapping "
+        "eval.mappings['HEAD_SPACE->DOMAIN_SPACE'] (a YAML file)"
+    )
+    return CheckpointError(
+        f"no head of {model} fits any domain of the config: its heads are {have}; the config's domains are {want} "
+        f"(no head has a domain's label space or a class mapping into it); {hint}",
+        path=source, values={"heads": list(heads), "domains": [d.name for d in domains]}, hint=hint,
+    )
 
 
 def results_table(results: Mapping[str, Any]) -> str:

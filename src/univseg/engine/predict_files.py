@@ -1,4 +1,9 @@
-"""Batch prediction over files and folders: class-id PNGs and colour overlays."""
+"""Batch prediction over files and folders: class-id PNGs and colour overlays.
+
+Every PNG is written atomically (a temporary file in the output folder, then a rename), so a full
+disk or a crash never leaves a truncated prediction; a failed write stops with a WriteError
+naming the file.
+"""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,9 +13,9 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.base import read_image
-from ..data.base import IMAGE_SUFFIXES
-from ..errors import MissingFileError
+from ..data.base import IMAGE_SUFFIXES, list_files, missing_reason, read_image
+from ..errors import ConfigError, MissingFileError
+from ..utils.files import atomic_write
 from ..viz import overlay
 from .predictor import Predictor
 
@@ -21,21 +26,36 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found += sorted(q for q in p.rglob("*") if q.suffix.lower() in IMAGE_SUFFIXES)
+            found += list_files(p, lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES)
         elif p.is_file():
             found.append(p)
         else:
-            raise MissingFileError(f"input not found: {p}", path=p)
+            raise MissingFileError(f"input not found: {p}{missing_reason(p)}", path=p)
     if not found:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found
 
 
+def check_output_folder(out_dir: Path) -> None:
+    """ConfigError when ``out_dir`` (``--out``), or the nearest existing path above it, is a file."""
+    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
+    if existing is None or existing.is_dir():
+        return
+    where = f"--out {out_dir} is a file" if existing == out_dir else f"--out {out_dir}: {existing} is a file"
+    raise ConfigError(
+        f"{where}; give a folder for the predictions (it is created when missing)", key="--out", path=existing
+    )
+
+
+def write_png(path: Path, pixels: np.ndarray) -> None:
+    """Write ``pixels`` as a PNG atomically; WriteError naming ``path`` when it cannot be written."""
+    atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"), "prediction")
+
+
 def write_prediction(out_dir: Path, stem: str, head: str, image: np.ndarray, mask: np.ndarray, predictor: Predictor) -> None:
     """``<stem>_<head>.png`` (class ids) and ``<stem>_<head>_overlay.png`` under ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(mask).save(out_dir / f"{stem}_{head}.png")
-    Image.fromarray(overlay(image, mask, predictor.label_spaces[head])).save(out_dir / f"{stem}_{head}_overlay.png")
+    write_png(out_dir / f"{stem}_{head}.png", mask)
+    write_png(out_dir / f"{stem}_{head}_overlay.png", overlay(image, mask, predictor.label_spaces[head]))
 
 
 def predict_files(
@@ -47,6 +67,7 @@ def predict_files(
     progress: bool = True,
 ) -> int:
     """Predict every input image in one or all (``'all'``) label spaces; returns the number of files written."""
+    check_output_folder(out_dir)
     predictor = Predictor.from_checkpoint(checkpoint, device=device)
     heads = list(predictor.label_spaces) if label_space == "all" else [predictor.resolve(label_space)]
     images = collect_images(inputs)

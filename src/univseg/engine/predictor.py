@@ -14,9 +14,9 @@ import torch
 from PIL import Image
 
 from ..config import ModelConfig
-from ..data.base import read_image
+from ..data.base import image_to_rgb, read_image
 from ..data.label_space import LabelSpace
-from ..errors import CheckpointError, DataError, UnknownNameError
+from ..errors import DataError, UnknownNameError
 from ..models.universal import UniversalModel, build_model
 from ..utils.dist import resolve_device
 from .checkpoint import Checkpoint
@@ -39,12 +39,7 @@ class Predictor:
         spaces = ckpt.label_spaces
         model_cfg = ModelConfig.model_validate({**ckpt.model_config, "pretrained": None, "init_from": None})
         model = build_model(model_cfg, {k: ls.num_classes for k, ls in spaces.items()})
-        try:
-            model.load_state_dict(ckpt.model)
-        except RuntimeError as e:
-            raise CheckpointError(
-                f"{path}: the weights do not fit the model its config describes: {str(e).splitlines()[0]}", path=path
-            ) from None
+        ckpt.load_weights(model, path)
         return cls(model.to(dev), spaces, resolve_amp(amp, dev))
 
     @property
@@ -93,7 +88,7 @@ def as_array(image: Any) -> np.ndarray:
     if isinstance(image, (str, Path)):
         return read_image(Path(image))
     if isinstance(image, Image.Image):
-        return np.asarray(image.convert("RGB"))
+        return image_to_rgb(image)
     arr = np.asarray(image)
     if arr.ndim == 2:
         arr = np.repeat(arr[..., None], 3, axis=2)

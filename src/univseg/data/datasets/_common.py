@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from ...errors import DataError, LabelValueError, MissingFileError, MissingLabelError
-from ..base import DATASET_IMAGE_SUFFIXES, FileSegDataset, decode_file, read_text_file
+from ..base import DATASET_IMAGE_SUFFIXES, FileSegDataset, decode_file, list_files, missing_reason, read_text_file
 from ..label_space import ClassInfo, LabelSpace, default_palette
 from ..registry import DatasetParams
 
@@ -161,7 +161,7 @@ def require_listed_images(images: Sequence[Path], list_file: Path, base: Path, l
     missing = [p for p in images if not p.is_file()]
     if missing:
         raise MissingFileError(
-            f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]}; "
+            f"{list_file} names {len(missing)} image(s) that do not exist, first: {missing[0]}{missing_reason(missing[0])}; "
             f"paths are relative to {base}; expected layout:\n{layout}",
             path=missing[0], hint=layout,
         )
@@ -182,10 +182,13 @@ def find_images(
 ) -> list[Path]:
     """Sorted image files in ``folder`` whose names end with one of ``suffixes`` (case-insensitive).
 
-    Raises MissingFileError when nothing matches, naming the folder, the patterns and the layout.
+    Hidden files are left out. Symbolic links are followed; links that are broken or loop are
+    skipped with a warning (see :func:`~univseg.data.base.list_files`). Raises MissingFileError
+    when nothing matches, naming the folder, the patterns and the layout.
     """
-    it = folder.rglob("*") if recursive else folder.iterdir()
-    files = sorted(p for p in it if p.is_file() and not p.name.startswith(".") and matching_suffix(p.name, suffixes))
+    files = list_files(
+        folder, lambda name: not name.startswith(".") and matching_suffix(name, suffixes) is not None, recursive
+    )
     if not files:
         raise MissingFileError(
             f"no images matching {' '.join('*' + s for s in suffixes)} found in {folder}"
@@ -252,7 +255,7 @@ def pair_labels(images: Sequence[Path], label_for: Callable[[Path], Path], hint:
         sink.extend(missing)
         return labels
     if missing:
-        lines = "\n".join(f"  image {im} -> expected label {lab}" for im, lab in missing[:5])
+        lines = "\n".join(f"  image {im} -> expected label {lab}{missing_reason(lab)}" for im, lab in missing[:5])
         more = f"\n  ... and {len(missing) - 5} more" if len(missing) > 5 else ""
         todo = f"add the labels or remove the images{'; ' + hint if hint else ''}"
         raise MissingLabelError(
