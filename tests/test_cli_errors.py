@@ -97,6 +97,17 @@ def _bad_image(path: Path) -> Path:
     return path
 
 
+def _truncated(path: Path, ckpt: Path) -> Path:
+    data = ckpt.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+def _a_file(path: Path) -> Path:
+    path.write_text("not a folder")
+    return path
+
+
 # (id, verb arguments built from (tmp folder, checkpoint), text the message must contain)
 Case = tuple[str, Callable[[Path, Path], list[str]], str]
 CASES: list[Case] = [
@@ -130,6 +141,9 @@ CASES: list[Case] = [
     ("eval: weights that do not fit", lambda d, c: ["eval", str(tiny(d)), str(_mismatched_weights(d / "cut.pt", c))], "cut.pt"),
     ("eval: head classes differ from the domain's", lambda d, c: ["eval", str(tiny(d)), str(c), "--set", "domains.rural.dataset.taxonomy=fine"], "head 'rural'"),
     ("eval: unknown domain", lambda d, c: ["eval", str(tiny(d)), str(c), "--domains", "moon"], "--domains"),
+    ("eval: truncated checkpoint", lambda d, c: ["eval", str(tiny(d)), str(_truncated(d / "half.pt", c))], "half.pt: it is not a univseg checkpoint, or it is damaged (it is truncated"),
+    ("eval: no head fits any domain", lambda d, c: ["eval", str(folder_domain(d)), str(c)], "fits any domain of the config"),
+    ("predict: --out is a file", lambda d, c: ["predict", str(c), str(d / "ok.png"), "--out", str(_a_file(d / "out.txt"))], "out.txt is a file"),
     ("predict: input missing", lambda d, c: ["predict", str(c), str(d / "no.png"), "--out", str(d / "out")], "no.png"),
     ("predict: corrupt image", lambda d, c: ["predict", str(c), str(_bad_image(d / "bad.jpg")), "--out", str(d / "out")], "bad.jpg"),
     ("predict: unknown label space", lambda d, c: ["predict", str(c), str(d), "--out", str(d / "out"), "--label-space", "moon"], "moon"),

@@ -8,7 +8,7 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .config import packaged_configs, resolve_config_path
-from .errors import ConfigError, DownloadError, GatedDatasetError, UnivsegError, UnknownNameError
+from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
 
 EXIT_USAGE = 2
 
@@ -33,7 +33,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / cfg.name
     try:
-        results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress).run()
+        results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite).run()
         main_process = dist.is_main()
     finally:
         dist.cleanup_distributed()
@@ -59,7 +59,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"--domains: unknown {sorted(unknown)}; domains: {', '.join(d.name for d in domains)}", key="--domains"
             )
         domains = [d for d in domains if d.name in wanted]
-    results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.train.amp, progress=not args.no_progress)
+    results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.train.amp,
+                       progress=not args.no_progress, source=args.checkpoint)
     results["checkpoint"] = str(args.checkpoint)
     print(results_table(results))
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
@@ -163,6 +164,17 @@ def cmd_split(args: argparse.Namespace) -> int:
     return 0
 
 
+def user_message(e: UnivsegError) -> str:
+    """The message of ``e``. An error raised in a DataLoader worker process reaches the main process
+    with torch's "Caught ... in DataLoader worker process" text and the worker's traceback as its
+    message; the original message is the traceback's last entry, and only that is kept."""
+    text = str(e)
+    marker = f"\n{type(e).__module__}.{type(e).__qualname__}: "
+    if text.startswith("Caught ") and marker in text:
+        return text.rsplit(marker, 1)[1].rstrip()
+    return text
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -210,6 +222,8 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(sp)
     sp.add_argument("--work-dir", help="output folder (default: work_dirs/<config name>)")
     sp.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt exactly where it stopped")
+    sp.add_argument("--overwrite", action="store_true",
+                    help="start over in a WORK_DIR that holds a run: the old run is moved to WORK_DIR.old-<time>")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
 
     sp = verb("experiment", cmd_experiment, "compare methods on one config (the paper's table)",
@@ -303,10 +317,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         return args.func(args)
+    except TrainingStopped as e:
+        print(f"univseg {args.verb}: {e}", file=sys.stderr)
+        return EXIT_STOPPED
     except UnivsegError as e:
         if args.debug:
             raise
-        print(f"univseg {args.verb}: error: {e}", file=sys.stderr)
+        print(f"univseg {args.verb}: error: {user_message(e)}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; resume training with --resume", file=sys.stderr)

@@ -105,6 +105,13 @@ class MethodConfig(StrictModel):
     entropy_resolution: Literal["input", "feature"] = Field(
         "input", description="entropy over unlabeled pixels at image resolution (paper) or encoder resolution (faster)"
     )
+    cosine_upsample: Literal["exact", "scores"] = Field(
+        "exact",
+        description="cosine similarity at entropy_resolution: input, never materialising the upsampled embedding: "
+        "exact (cosine of the bilinearly upsampled embedding, as the paper; its norm from neighbouring feature "
+        "pixels) or scores (cosine at encoder resolution, then the scores upsampled: an approximation, cheaper); "
+        "dot is always exact",
+    )
     unlabeled_forward: Literal["together", "separate"] = Field(
         "together",
         description="unlabeled images concatenated with the labeled ones in one encoder pass (together: shared "
@@ -143,9 +150,20 @@ class TrainConfig(StrictModel):
     )
     eval_interval: int = Field(500, ge=0, description="evaluate every N iterations (0: only at the end)")
     checkpoint_interval: int = Field(500, ge=1, description="write the 'latest' checkpoint every N iterations")
+    keep_checkpoints: int = Field(
+        2, ge=1, description="'latest' checkpoints kept: latest.pt, then the previous ones as latest.pt.1, latest.pt.2, ..."
+    )
     log_interval: int = Field(10, ge=1, description="append metrics every N iterations")
     num_workers: int = Field(2, ge=0, description="data-loading worker processes per loader")
     grad_clip: Optional[float] = Field(None, gt=0, description="clip the gradient norm to this value")
+    accumulate: int = Field(
+        1, ge=1, description="micro-batches per optimisation step (gradient accumulation); the global batch is "
+        "batch_size x processes x accumulate"
+    )
+    sync_bn: bool = Field(False, description="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
+    max_bad_steps: int = Field(
+        5, ge=1, description="steps with a non-finite loss are skipped; this many in a row stop the run"
+    )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
@@ -229,20 +247,30 @@ def resolve_config_path(name: str) -> Path:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
-def _expand_env(value: Any) -> Any:
+def _expand_env(value: Any, source: str = "config", loc: tuple[str | int, ...] = ()) -> Any:
+    """``value`` with every ``${NAME}`` / ``${NAME:-default}`` in its strings replaced, recursively.
+
+    An unset variable without a default raises ConfigError naming ``source`` (the config file) and
+    the key path (``loc``, e.g. ``domains[0].dataset.root``) where it occurs.
+    """
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
             if name in os.environ:
                 return os.environ[name]
             if default is None:
-                raise ConfigError(f"environment variable {name} is not set (used as ${{{name}}}); set it or give a default ${{{name}:-...}}")
+                key = dotted(loc)
+                raise ConfigError(
+                    f"{source}: {key}: environment variable {name} is not set (used as ${{{name}}}); "
+                    f"set it, or give a default: ${{{name}:-...}}",
+                    key=key, values={"variable": name},
+                )
             return default
         return _ENV.sub(sub, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, source, (*loc, k)) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, source, (*loc, i)) for i, v in enumerate(value)]
     return value
 
 
@@ -310,7 +338,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     raw = read_yaml(path) if path is not None else dict(data or {})
     for assignment in overrides or []:
         apply_override(raw, assignment)
-    return validate_config(_expand_env(raw), source=str(path) if path else "config")
+    source = str(path) if path else "config"
+    return validate_config(_expand_env(raw, source), source=source)
 
 
 def validate_config(raw: dict[str, Any], source: str = "config") -> Config:

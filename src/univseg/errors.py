@@ -76,6 +76,32 @@ class CheckpointError(UnivsegError, RuntimeError):
     """An unreadable or incompatible checkpoint; ``path`` is the file."""
 
 
+class WriteError(UnivsegError, OSError):
+    """An output file (checkpoint, prediction, result) could not be written, e.g. the disk is full;
+    ``path`` is the file, which is left as it was before the write."""
+
+
+class WorkDirError(UnivsegError, RuntimeError):
+    """A training work dir that holds another run or is in use by another process; ``path`` is the folder."""
+
+
+class TrainingDivergedError(UnivsegError, FloatingPointError):
+    """The loss stayed non-finite for ``train.max_bad_steps`` steps in a row; ``values`` names the terms."""
+
+
+#: exit status of a run stopped by SIGTERM / SIGINT after writing its checkpoint (EX_TEMPFAIL: retry it)
+EXIT_STOPPED = 75
+
+
+class TrainingStopped(UnivsegError):
+    """A run stopped on request (a signal) after checkpointing ``iteration``; it continues with --resume."""
+
+    def __init__(self, message: str, iteration: int, signal_name: str, **fields: Any) -> None:
+        super().__init__(message, **fields)
+        self.iteration = iteration
+        self.signal_name = signal_name
+
+
 class DownloadError(UnivsegError, RuntimeError):
     """A dataset download or extraction failed."""
 

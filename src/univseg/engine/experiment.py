@@ -161,7 +161,7 @@ def run_experiment(
             resume = (run.work_dir / "latest.pt").is_file()
             verb = "resuming" if resume else "training"
             print(f"== {run.key} (seed {run.seed}): {verb} {cfg.train.iters} iterations on {', '.join(cfg.trained_domains)}")
-            res = Trainer(cfg, run.work_dir, resume=resume, progress=progress).run()
+            res = Trainer(cfg, run.work_dir, resume=resume, overwrite=not resume, progress=progress).run()
         results.setdefault(run.key, {})[run.seed] = res
     wanted = list(methods or base.experiment.methods or default_methods(base))
     rows = summarize({k: results[k] for k in wanted}, [d.name for d in base.domains])

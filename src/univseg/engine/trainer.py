@@ -1,28 +1,69 @@
 """The iteration-based training loop: one entry point for 1 CPU, 1 GPU and N GPUs (torchrun)."""
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ..config import Config, save_config
-from ..data.domain import Domain, build_domains, eval_loader, iter_images
+from ..data.domain import Domain, build_domains, eval_loader
 from ..data.sampler import infinite_loader
-from ..errors import CheckpointError, ConfigError, DataError
+from ..errors import (
+    CheckpointError, ConfigError, DataError, TrainingDivergedError, TrainingStopped, UnivsegError, WorkDirError,
+)
 from ..losses import class_sums
 from ..losses.centroids import all_reduce_sums
 from ..methods import Method, build_method
-from ..models.universal import UniversalModel, build_model, upsample
+from ..models.universal import UniversalModel, build_model
 from ..utils import dist
 from ..utils.files import atomic_write_json
 from .checkpoint import Checkpoint, init_from_checkpoint
-from .evaluator import evaluate, results_table
+from .evaluator import evaluate, results_table, size_groups
 from .precision import autocast, resolve_amp
+from .workdir import WorkDirLock, prepare_work_dir
+
+
+class StopRequest:
+    """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step; a
+    second one acts at once (the handlers in force before are restored after the first)."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.signum = signum
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._handle) for sig in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def agreed(self, device: torch.device) -> int | None:
+        """The signal any rank received (every rank gets the same answer), or None."""
+        if dist.world_size() == 1:
+            return self.signum
+        flag = torch.tensor([float(self.signum or 0)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item()) or None
 
 MODEL_OPTIMIZER = "model"
 
@@ -85,9 +126,11 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         hooks: Iterable[TrainerHook] = (),
+        overwrite: bool = False,
     ) -> None:
         self.cfg = cfg
         self.work_dir = Path(work_dir)
+        self.lock = WorkDirLock(self.work_dir)
         self.progress = progress
         self.hooks = list(hooks)
         self.device = dist.resolve_device(cfg.train.device)
@@ -95,6 +138,7 @@ class Trainer:
         if self.amp == "fp16" and self.device.type != "cuda":
             raise ConfigError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 or auto")
         dist.init_distributed(self.device)
+        self._claim_work_dir(resume, overwrite)
         torch.manual_seed(cfg.seed)
         self.domains: dict[str, Domain] = {d.name: d for d in build_domains(cfg)}
         self.trained = cfg.trained_domains
@@ -102,6 +146,12 @@ class Trainer:
         self.model: UniversalModel = build_model(cfg.model, {k: ls.num_classes for k, ls in self.heads.items()}).to(self.device)
         if cfg.model.init_from is not None:
             init_from_checkpoint(self.model, cfg.model.init_from, self.heads, cfg.model.init_norm_from)
+        if cfg.train.sync_bn and dist.world_size() > 1:
+            if self.device.type != "cuda":
+                raise ConfigError(
+                    "train.sync_bn: torch's SyncBatchNorm runs on CUDA devices only; turn it off on CPU", key="train.sync_bn"
+                )
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, self.model.parameters())
@@ -112,6 +162,12 @@ class Trainer:
                 raise ValueError(f"method '{cfg.method.name}': '{MODEL_OPTIMIZER}' names the model's optimizer; rename its own")
             self.optimizers[name] = aux.build(aux.params)
             self.base_lrs[name] = aux.lr
+        if cfg.train.accumulate > 1 and len(self.optimizers) > 1:
+            raise ConfigError(
+                f"train.accumulate: method '{cfg.method.name}' trains auxiliary networks ({', '.join(n for n in self.optimizers if n != MODEL_OPTIMIZER)}) "
+                "from the last batch of a step; use train.accumulate: 1 with it",
+                key="train.accumulate",
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.start_iter = 0
         self.best: dict[str, Any] = {"mean_mIoU": None, "iteration": None}
@@ -123,6 +179,23 @@ class Trainer:
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
 
     # ------------------------------------------------------------------ files
+    def _claim_work_dir(self, resume: bool, overwrite: bool) -> None:
+        """Refuse a folder holding another run (unless resuming / overwriting) or in use; all ranks agree."""
+        problem = None
+        if dist.is_main():
+            try:
+                moved = prepare_work_dir(self.work_dir, resume, overwrite)
+                self.lock.check_free()
+                if moved is not None:
+                    print(f"--overwrite: the earlier run in {self.work_dir} was moved to {moved}")
+            except UnivsegError as e:
+                problem = e
+        message = dist.broadcast_object(None if problem is None else str(problem))
+        if problem is not None:
+            raise problem
+        if message is not None:
+            raise WorkDirError(message, path=self.work_dir)
+
     @property
     def latest_path(self) -> Path:
         return self.work_dir / "latest.pt"
@@ -159,32 +232,35 @@ class Trainer:
         )
 
     def _save(self, path: Path, iteration: int) -> None:
+        """Write the checkpoint of ``iteration`` to ``path``; ``latest.pt`` keeps ``train.keep_checkpoints``
+        versions in all (the previous ones as ``latest.pt.1``, ...)."""
         if dist.is_main():
-            self.checkpoint(iteration).save(path)
+            keep = self.cfg.train.keep_checkpoints if path == self.latest_path else None
+            self.checkpoint(iteration).save(path, keep=keep)
         dist.barrier()
 
     def _resume(self) -> None:
-        if not self.latest_path.is_file():
+        if not self.latest_path.is_file() and not Checkpoint.kept_versions(self.latest_path):
             raise CheckpointError(
                 f"--resume: no checkpoint at {self.latest_path}; start without --resume or point --work-dir at the run",
                 path=self.latest_path,
             )
-        ckpt = Checkpoint.load(self.latest_path, map_location=self.device)
-        ckpt.check_compatible(self.cfg.model.model_dump(mode="json"), self.heads, self.latest_path)
+        ckpt, source = Checkpoint.load_newest(self.latest_path, self.device, warn=dist.is_main())
+        ckpt.check_compatible(self.cfg.model.model_dump(mode="json"), self.heads, source)
         missing = sorted(set(self.optimizers) - set(ckpt.optimizers))
         if missing:
             raise CheckpointError(
-                f"{self.latest_path} has no state for the optimizer(s) {missing} of method '{self.cfg.method.name}'; "
+                f"{source} has no state for the optimizer(s) {missing} of method '{self.cfg.method.name}'; "
                 "it was written by another method: resume with the method that wrote it or start a new work dir",
-                path=self.latest_path,
+                path=source,
             )
-        self.model.load_state_dict(ckpt.model)
+        ckpt.load_weights(self.model, source)
         try:
             self.method.load_state_dict(ckpt.method)
         except RuntimeError as e:
             raise CheckpointError(
-                f"{self.latest_path}: the method state does not fit method '{self.cfg.method.name}': {e}",
-                path=self.latest_path,
+                f"{source}: the method state does not fit method '{self.cfg.method.name}': {e}",
+                path=source,
             ) from None
         for name, opt in self.optimizers.items():
             opt.load_state_dict(ckpt.optimizers[name])
@@ -198,7 +274,7 @@ class Trainer:
         saved_world = ckpt.data.get("world_size", dist.world_size())
         if saved_world != dist.world_size() and dist.is_main():
             print(
-                f"note: {self.latest_path} was written by {saved_world} process(es), this run has "
+                f"note: {source} was written by {saved_world} process(es), this run has "
                 f"{dist.world_size()}: the data order from here on differs from an uninterrupted run"
             )
         self._truncate_metrics(self.start_iter)
@@ -211,14 +287,22 @@ class Trainer:
         self.metrics_path.write_text("".join(ln + "\n" for ln in kept))
 
     # ------------------------------------------------------------------ data
-    def _loaders(self) -> dict[str, dict[str, Iterator[dict]]]:
+    def _loaders(self, micro: int = 0) -> dict[str, dict[str, Iterator[dict]]]:
+        """Per-domain loaders of micro-batch ``micro`` of every step on this rank. With
+        ``train.accumulate = k`` micro-batch m of rank r is the share of virtual rank r * k + m of
+        k * world_size, so the images of a step do not depend on how they are split into
+        processes and micro-batches."""
         t = self.cfg.train
         loaders: dict[str, dict[str, Iterator[dict]]] = {}
         order = [d.name for d in self.cfg.domains]
+        k = t.accumulate
         for name in self.trained:
             d = self.domains[name]
             stream = 2 * order.index(name)
-            args = dict(seed=self.cfg.seed, start_iter=self.start_iter, num_workers=t.num_workers, rank=dist.rank(), world_size=dist.world_size())
+            args = dict(
+                seed=self.cfg.seed, start_iter=self.start_iter, num_workers=t.num_workers,
+                rank=dist.rank() * k + micro, world_size=dist.world_size() * k,
+            )
             loaders[name] = {"labeled": infinite_loader(d.labeled, d.batch_size, stream=stream, **args)}
             unlabeled = d.unlabeled_view(self.method.strong_views) if self.method.needs_unlabeled else None
             if unlabeled is not None and d.unlabeled_batch_size > 0:
@@ -250,44 +334,69 @@ class Trainer:
             batches[name] = b
         return batches
 
-    @torch.no_grad()
     def centroid_sums(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Per-class embedding sums and counts over each trained domain's labeled set (eval mode).
 
-        Each rank embeds its share of the images; the sums and counts are then added over ranks.
+        Each rank embeds its share of the images (under ``torch.inference_mode``, equal-size images
+        in one forward pass); the sums are those of the embedding bilinearly upsampled to the label
+        size, computed from the feature-resolution embedding (``class_sums``: no [B, D, H, W] tensor
+        at input resolution). The sums and counts are then added over ranks.
         """
+
         was_training = self.model.training
         self.model.eval()
         out = {}
-        for name in self.trained:
-            d = self.domains[name]
-            sums = torch.zeros(d.label_space.num_classes, self.cfg.model.embed_dim, device=self.device)
-            counts = torch.zeros(d.label_space.num_classes, device=self.device)
-            shard = range(dist.rank(), len(d.centroid_view), dist.world_size())
-            for batch in eval_loader(d.centroid_view, self.cfg.eval.batch_size, indices=shard):
-                for img, lab in iter_images(batch):
-                    img, lab = img.to(self.device), lab.to(self.device)
-                    with autocast(self.device, self.amp):
-                        emb = upsample(self.model(img, heads=[], embed=True, domain=name)["embedding"], tuple(lab.shape[-2:]))
-                    s, c = class_sums(emb, lab, d.label_space.num_classes, d.label_space.ignore_index)
-                    sums += s
-                    counts += c
-            out[name] = all_reduce_sums(sums, counts)
-        self.model.train(was_training)
-        return out
+        try:
+            with torch.inference_mode():
+                for name in self.trained:
+                    d = self.domains[name]
+                    k = d.label_space.num_classes
+                    sums = torch.zeros(k, self.cfg.model.embed_dim, device=self.device)
+                    counts = torch.zeros(k, device=self.device)
+                    shard = range(dist.rank(), len(d.centroid_view), dist.world_size())
+                    for batch in eval_loader(d.centroid_view, self.cfg.eval.batch_size, indices=shard):
+                        for img, lab in size_groups(batch):
+                            img, lab = img.to(self.device), lab.to(self.device)
+                            with autocast(self.device, self.amp):
+                                emb = self.model(img, heads=[], embed=True, domain=name)["embedding"]
+                            s, c = class_sums(emb, lab, k, d.label_space.ignore_index)
+                            sums += s
+                            counts += c
+                    out[name] = all_reduce_sums(sums, counts)
+        finally:
+            self.model.train(was_training)
+        return {name: (s.clone(), c.clone()) for name, (s, c) in out.items()}  # normal tensors, not inference ones
 
     # ------------------------------------------------------------------ loop
-    def step(self, iteration: int, batches: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimisation step of the model and of the method's auxiliary networks; returns the
-        loss terms as floats and the model's learning rate."""
+    def step(
+        self, iteration: int, batches: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, Mapping[str, torch.Tensor]]]
+    ) -> dict[str, float]:
+        """One optimisation step of the model and of the method's auxiliary networks over one batch
+        or a list of micro-batches (gradients accumulated, each loss weighted 1/k); returns the loss
+        terms as floats (means over micro-batches) and the model's learning rate. A non-finite loss
+        term on any rank skips the step: no update, the method's buffers restored, ``skipped`` set."""
+        micro = [batches] if isinstance(batches, Mapping) else list(batches)
         lrs = self._set_learning_rates(iteration)
         self.method.before_step(iteration, self.centroid_sums)
-        with autocast(self.device, self.amp):
-            terms = self.method.losses(self.net, batches)
-        self._check_finite(terms, iteration)
+        buffers = [(b, b.clone()) for module in (self.model, self.method) for b in module.buffers()]
         model_opt = self.optimizers[MODEL_OPTIMIZER]
         model_opt.zero_grad(set_to_none=True)
-        self.scaler.scale(terms["loss"]).backward()
+        means: dict[str, float] = {}
+        for m, micro_batches in enumerate(micro):
+            last = m == len(micro) - 1
+            with contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync():
+                with autocast(self.device, self.amp):
+                    terms = self.method.losses(self.net, micro_batches)
+                nonfinite = self._nonfinite_terms(terms)
+                if nonfinite:
+                    model_opt.zero_grad(set_to_none=True)
+                    with torch.no_grad():  # undo what the step's passes updated (BatchNorm statistics, centroid EMA)
+                        for b, saved in buffers:
+                            b.copy_(saved)
+                    return {"skipped": 1.0, **{f"nonfinite_{k}": 1.0 for k in nonfinite}, "lr": lrs[MODEL_OPTIMIZER]}
+                self.scaler.scale(terms["loss"] / len(micro)).backward()
+            for key, value in terms.items():
+                means[key] = means.get(key, 0.0) + float(value.detach()) / len(micro)
         if self.cfg.train.grad_clip is not None:
             self.scaler.unscale_(model_opt)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
@@ -295,8 +404,8 @@ class Trainer:
         self.scaler.update()
         for name, aux_terms in self.method.auxiliary_losses(iteration).items():
             self._step_auxiliary(name, aux_terms["loss"])
-            terms = {**terms, **{k: v for k, v in aux_terms.items() if k != "loss"}}
-        return {k: float(v.detach()) for k, v in terms.items()} | {"lr": lrs[MODEL_OPTIMIZER]}
+            means.update({k: float(v.detach()) for k, v in aux_terms.items() if k != "loss"})
+        return means | {"lr": lrs[MODEL_OPTIMIZER]}
 
     def _set_learning_rates(self, iteration: int) -> dict[str, float]:
         """Put every optimizer on the schedule at ``iteration``; returns the rates by optimizer."""
@@ -307,14 +416,13 @@ class Trainer:
                 group["lr"] = lrs[name]
         return lrs
 
-    @staticmethod
-    def _check_finite(terms: Mapping[str, torch.Tensor], iteration: int) -> None:
-        loss = terms["loss"]
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"loss is {loss.item()} at iteration {iteration} ({ {k: float(v) for k, v in terms.items()} }); "
-                "lower the learning rate, enable train.grad_clip, or check the data"
-            )
+    def _nonfinite_terms(self, terms: Mapping[str, torch.Tensor]) -> list[str]:
+        """Names of the loss terms that are NaN or infinite on any rank (every rank gets the same list)."""
+        names = sorted(terms)
+        bad = torch.stack([~torch.isfinite(terms[k].detach().float()) for k in names]).float()
+        if dist.world_size() > 1:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        return [k for k, flag in zip(names, bad.tolist()) if flag]
 
     def _step_auxiliary(self, name: str, loss: torch.Tensor) -> None:
         """Minimise an auxiliary loss with its optimizer; gradients are averaged over ranks first."""
@@ -344,39 +452,88 @@ class Trainer:
             self.best = {"mean_mIoU": score, "iteration": iteration}
             self._save(self.best_path, iteration)
 
+    def _skipped_step(self, done: int, terms: Mapping[str, float], bad_in_row: int) -> None:
+        """Log a step skipped for a non-finite loss; stop the run after ``train.max_bad_steps`` in a row."""
+        names = sorted(k[len("nonfinite_"):] for k in terms if k.startswith("nonfinite_"))
+        self._log({"iter": done, "skipped_step": True, "nonfinite": names})
+        if dist.is_main():
+            print(f"iteration {done}: non-finite loss term(s) {', '.join(names)}; step skipped ({bad_in_row} in a row)")
+        if bad_in_row >= self.cfg.train.max_bad_steps:
+            raise TrainingDivergedError(
+                f"the loss was not finite for {bad_in_row} steps in a row (iterations {done - bad_in_row + 1}-{done}; "
+                f"terms: {', '.join(names)}); stopped without writing a checkpoint, so {self.latest_path} is the last "
+                "good one. Lower train.optimizer.lr, set train.grad_clip, or check the data; then --resume",
+                path=self.work_dir, key="train.max_bad_steps", values={"iteration": done, "terms": names},
+            )
+
+    def _stop(self, done: int, signum: int, already_saved: bool) -> None:
+        """Checkpoint iteration ``done`` (unless just written) and raise :class:`TrainingStopped`."""
+        if not already_saved:
+            self._save(self.latest_path, done)
+        name = signal.Signals(signum).name
+        raise TrainingStopped(
+            f"stopped by {name} after iteration {done}; checkpoint {self.latest_path}. Continue with the same "
+            f"command plus --resume (work dir {self.work_dir})",
+            iteration=done, signal_name=name, path=self.latest_path,
+        )
+
     def run(self) -> dict[str, Any]:
-        """Train to ``train.iters`` (from the resumed iteration), then evaluate; returns the final results."""
+        """Train to ``train.iters`` (from the resumed iteration), then evaluate; returns the final results.
+
+        Holds the work dir's lock throughout. SIGTERM / SIGINT: the current step finishes, latest.pt
+        is written and :class:`TrainingStopped` is raised (all ranks stop at the same iteration).
+        A step whose loss is not finite is skipped (no update) and logged; ``train.max_bad_steps``
+        of them in a row raise :class:`TrainingDivergedError` without writing a checkpoint.
+        """
+        with self.lock if dist.is_main() else contextlib.nullcontext(), StopRequest() as stop:
+            return self._run(stop)
+
+    def _run(self, stop: StopRequest) -> dict[str, Any]:
         t = self.cfg.train
         if dist.is_main():
             self.work_dir.mkdir(parents=True, exist_ok=True)
             save_config(self.cfg, self.work_dir / "config.yaml")
+            if self.start_iter == 0:
+                self._truncate_metrics(0)  # records of a run that died before its first checkpoint
         self.model.train()
-        loaders = self._loaders() if self.start_iter < t.iters else {}
+        loaders = [self._loaders(m) for m in range(t.accumulate)] if self.start_iter < t.iters else []
         bar = tqdm(
             total=t.iters, initial=self.start_iter, desc=f"train {self.cfg.method.name}", disable=not (self.progress and dist.is_main()), dynamic_ncols=True
         )
         running: dict[str, float] = {}
-        count, tic = 0, time.perf_counter()
+        count, steps, bad_in_row, tic = 0, 0, 0, time.perf_counter()
         for it in range(self.start_iter, t.iters):
             for hook in self.hooks:
                 hook.before_step(self, it)
-            terms = self.step(it, self._next_batches(loaders))
+            terms = self.step(it, [self._next_batches(micro) for micro in loaders])
             for hook in self.hooks:
                 hook.after_step(self, it, terms)
             done = it + 1
-            for k, v in terms.items():
-                running[k] = running.get(k, 0.0) + v
-            count += 1
+            steps += 1
             bar.update(1)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("loss", "sup", "ent_cross", "ent_within")})
-            if done % t.log_interval == 0 or done == t.iters:
+            if terms.get("skipped"):
+                bad_in_row += 1
+                self._skipped_step(done, terms, bad_in_row)
+            else:
+                bad_in_row = 0
+                for k, v in terms.items():
+                    running[k] = running.get(k, 0.0) + v
+                count += 1
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items() if k in ("loss", "sup", "unsup", "ent_cross", "ent_within")})
+            if (done % t.log_interval == 0 or done == t.iters) and steps:
                 elapsed = time.perf_counter() - tic
-                self._log({"iter": done, **{k: v / count for k, v in running.items()}, "sec_per_iter": elapsed / count})
-                running, count, tic = {}, 0, time.perf_counter()
+                means = {k: v / count for k, v in running.items()} if count else {}
+                self._log({"iter": done, **means, "sec_per_iter": elapsed / steps})
+                running, count, steps, tic = {}, 0, 0, time.perf_counter()
             if t.eval_interval and done % t.eval_interval == 0 and done != t.iters:
                 self._after_eval(done, self.evaluate())
-            if done % t.checkpoint_interval == 0 and done != t.iters:
+            saved = done % t.checkpoint_interval == 0 and done != t.iters
+            if saved:
                 self._save(self.latest_path, done)
+            signum = stop.agreed(self.device)
+            if signum is not None:
+                bar.close()
+                self._stop(done, signum, already_saved=saved)
         bar.close()
         final_iter = max(self.start_iter, t.iters)
         results = self.evaluate()
