@@ -31,6 +31,16 @@ from .precision import autocast, resolve_amp
 from .workdir import WorkDirLock, prepare_work_dir
 
 
+def _same_size_batch(batch: dict[str, Any], domain: str, kind: str) -> dict[str, Any]:
+    """``batch`` itself when its images were stacked; a DataError naming the domain's transforms otherwise."""
+    if isinstance(batch["image"], list):
+        raise DataError(
+            f"domain '{domain}': {kind} images of one batch differ in size; add a random_crop or resize to its train_transforms",
+            key=f"domains.{domain}.train_transforms",
+        )
+    return batch
+
+
 class StopRequest:
     """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step; a
     second one acts at once (the handlers in force before are restored after the first)."""
@@ -312,22 +322,10 @@ class Trainer:
     def _next_batches(self, loaders: Mapping[str, Mapping[str, Iterator[dict]]]) -> dict[str, dict[str, torch.Tensor]]:
         batches = {}
         for name, its in loaders.items():
-            lab = next(its["labeled"])
-            if isinstance(lab["image"], list):
-                raise DataError(
-                    f"domain '{name}': labeled images of one batch differ in size; add a random_crop or resize "
-                    "to its train_transforms",
-                    key=f"domains.{name}.train_transforms",
-                )
+            lab = _same_size_batch(next(its["labeled"]), name, "labeled")
             b = {"image": lab["image"].to(self.device, non_blocking=True), "label": lab["label"].to(self.device, non_blocking=True)}
             if "unlabeled" in its:
-                unl = next(its["unlabeled"])
-                if isinstance(unl["image"], list):
-                    raise DataError(
-                        f"domain '{name}': unlabeled images of one batch differ in size; add a random_crop or resize "
-                        "to its train_transforms",
-                        key=f"domains.{name}.train_transforms",
-                    )
+                unl = _same_size_batch(next(its["unlabeled"]), name, "unlabeled")
                 for key, into in (("image", "unlabeled"), ("valid", "unlabeled_valid"), ("strong", "strong"), ("cutmix", "cutmix")):
                     if key in unl:
                         b[into] = unl[key].to(self.device, non_blocking=True)
