@@ -84,6 +84,16 @@ def test_the_lock_is_held_while_training(tiny_raw, tmp_path):
 
 # ----------------------------------------------------------------------------- signals
 
+def wait_for_iteration(work_dir, iteration, timeout=300):
+    """Wait until a run in ``work_dir`` has logged ``iteration`` (metrics.jsonl, log_interval 1)."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        log = work_dir / "metrics.jsonl"
+        if log.is_file() and any(json.loads(x).get("iter", 0) >= iteration for x in log.read_text().splitlines()):
+            return
+        time.sleep(0.05)
+
+
 def _train_cmd(cfg, work, *extra):
     return [sys.executable, "-m", "univseg", "train", str(cfg), "--work-dir", str(work), "--no-progress", *extra]
 
@@ -96,12 +106,7 @@ def test_sigterm_checkpoints_the_current_iteration_and_resume_equals_an_uninterr
     assert subprocess.run(_train_cmd(cfg, full), env=env, capture_output=True, timeout=600).returncode == 0
 
     proc = subprocess.Popen(_train_cmd(cfg, part), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        log = part / "metrics.jsonl"
-        if log.is_file() and any(json.loads(x).get("iter", 0) >= 3 for x in log.read_text().splitlines()):
-            break
-        time.sleep(0.05)
+    wait_for_iteration(part, 3)
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == EXIT_STOPPED, err[-2000:]
@@ -191,12 +196,7 @@ def test_sigterm_to_one_torchrun_process_stops_every_rank_at_the_same_iteration(
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
            f"--master_port={port}", "-m", "univseg", "train", str(cfg), "--work-dir", str(work), "--no-progress"]
     proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        log = work / "metrics.jsonl"
-        if log.is_file() and any(json.loads(x).get("iter", 0) >= 3 for x in log.read_text().splitlines()):
-            break
-        time.sleep(0.05)
+    wait_for_iteration(work, 3)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     ranks = {}
     for pid in workers:
