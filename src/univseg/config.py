@@ -37,6 +37,10 @@ class ModelConfig(StrictModel):
     norm: Literal["shared", "domain"] = Field(
         "shared", description="BatchNorm statistics and affine parameters shared by all domains, or one set per domain"
     )
+    freeze_bn: bool = Field(
+        False, description="BatchNorm normalises with its running statistics and never updates them (affine parameters "
+        "still train): for very small per-process batches; a step then does not depend on how the batch is split"
+    )
     init_norm_from: Optional[str] = Field(
         None, description="per-domain norm: the domain of model.init_from whose BatchNorm starts new domains (default: its first)"
     )
@@ -205,6 +209,8 @@ class Config(StrictModel):
         for n in self.method.domains or []:
             if n not in names:
                 raise ValueError(f"method.domains: unknown domain '{n}'; domains: {', '.join(names)}")
+        if self.train.sync_bn and self.model.freeze_bn:
+            raise ValueError("train.sync_bn and model.freeze_bn exclude each other: frozen BatchNorm has no batch statistics to sync")
         return self
 
     def domain(self, name: str) -> DomainConfig:

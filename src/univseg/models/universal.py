@@ -37,7 +37,8 @@ class UniversalModel(nn.Module):
 
     With ``norm="domain"`` every BatchNorm of the encoder and decoder has one copy per domain
     (:mod:`univseg.models.domain_norm`): a pass runs with the BatchNorm of ``domain`` (by default
-    the requested head's), so a model asked for several heads runs one pass per head.
+    the requested head's), so a model asked for several heads runs one pass per head. With
+    ``freeze_bn`` BatchNorm layers stay in eval mode while the model trains.
     """
 
     def __init__(
@@ -53,6 +54,7 @@ class UniversalModel(nn.Module):
         decoder: str = "none",
         decoder_args: Mapping[str, object] | None = None,
         norm: str = "shared",
+        freeze_bn: bool = False,
     ) -> None:
         super().__init__()
         if not heads:
@@ -67,12 +69,22 @@ class UniversalModel(nn.Module):
         self.heads = nn.ModuleDict({name: _head(c, k, head_channels) for name, k in heads.items()})
         self.embedding = nn.Conv2d(c, embed_dim, 1)
         self.norm = norm
+        self.freeze_bn = freeze_bn
         if norm == "domain":
             to_domain_norm(self.encoder, heads)
             to_domain_norm(self.decoder, heads)
         self._domain_norms = domain_norm_layers(self)
         self.register_buffer("mean", torch.tensor(list(mean), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(list(std), dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+
+    def train(self, mode: bool = True) -> "UniversalModel":
+        """Set training mode; with ``freeze_bn`` every BatchNorm stays in eval mode (running statistics)."""
+        super().train(mode)
+        if mode and self.freeze_bn:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        return self
 
     @property
     def head_names(self) -> list[str]:
@@ -198,4 +210,5 @@ def build_model(model_cfg, heads: Mapping[str, int]) -> UniversalModel:
         decoder=model_cfg.decoder,
         decoder_args=model_cfg.decoder_args,
         norm=model_cfg.norm,
+        freeze_bn=model_cfg.freeze_bn,
     )
