@@ -164,6 +164,12 @@ class TrainConfig(StrictModel):
         1, ge=1, description="micro-batches per optimisation step (gradient accumulation); the global batch is "
         "batch_size x processes x accumulate"
     )
+    backward: Literal["step", "domain"] = Field(
+        "step", description="one backward over every domain's losses, or one forward and backward per domain (gradients "
+        "accumulated; one domain's graph alive at a time: less memory). Same step where each domain has its own encoder "
+        "passes (model.norm: domain, or domains of different image sizes); with ema centroids a domain's entropy sees the "
+        "banks of the domains after it before their update of this step"
+    )
     sync_bn: bool = Field(False, description="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
     max_bad_steps: int = Field(
         5, ge=1, description="steps with a non-finite loss are skipped; this many in a row stop the run"

@@ -172,12 +172,14 @@ class Trainer:
                 raise ValueError(f"method '{cfg.method.name}': '{MODEL_OPTIMIZER}' names the model's optimizer; rename its own")
             self.optimizers[name] = aux.build(aux.params)
             self.base_lrs[name] = aux.lr
-        if cfg.train.accumulate > 1 and len(self.optimizers) > 1:
-            raise ConfigError(
-                f"train.accumulate: method '{cfg.method.name}' trains auxiliary networks ({', '.join(n for n in self.optimizers if n != MODEL_OPTIMIZER)}) "
-                "from the last batch of a step; use train.accumulate: 1 with it",
-                key="train.accumulate",
-            )
+        split = {"train.accumulate": (cfg.train.accumulate > 1, "1"), "train.backward": (cfg.train.backward == "domain", "step")}
+        for key, (active, plain) in split.items():
+            if active and len(self.optimizers) > 1:
+                raise ConfigError(
+                    f"{key}: method '{cfg.method.name}' trains auxiliary networks ({', '.join(n for n in self.optimizers if n != MODEL_OPTIMIZER)}) "
+                    f"from the last batch of a step; use {key}: {plain} with it",
+                    key=key,
+                )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.start_iter = 0
         self.best: dict[str, Any] = {"mean_mIoU": None, "iteration": None}
@@ -370,21 +372,23 @@ class Trainer:
         self, iteration: int, batches: Mapping[str, Mapping[str, torch.Tensor]] | Sequence[Mapping[str, Mapping[str, torch.Tensor]]]
     ) -> dict[str, float]:
         """One optimisation step of the model and of the method's auxiliary networks over one batch
-        or a list of micro-batches (gradients accumulated, each loss weighted 1/k); returns the loss
+        or a list of micro-batches (gradients accumulated, each loss weighted 1/k; with
+        ``train.backward: domain`` one backward per domain of each); returns the loss
         terms as floats (means over micro-batches) and the model's learning rate. A non-finite loss
         term on any rank skips the step: no update, the method's buffers restored, ``skipped`` set."""
         micro = [batches] if isinstance(batches, Mapping) else list(batches)
+        passes = [part for mb in micro for part in self._backward_parts(mb)]
         lrs = self._set_learning_rates(iteration)
         self.method.before_step(iteration, self.centroid_sums)
         buffers = [(b, b.clone()) for module in (self.model, self.method) for b in module.buffers()]
         model_opt = self.optimizers[MODEL_OPTIMIZER]
         model_opt.zero_grad(set_to_none=True)
         means: dict[str, float] = {}
-        for m, micro_batches in enumerate(micro):
-            last = m == len(micro) - 1
+        for m, part in enumerate(passes):
+            last = m == len(passes) - 1
             with contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync():
                 with autocast(self.device, self.amp):
-                    terms = self.method.losses(self.net, micro_batches)
+                    terms = self.method.losses(self.net, part)
                 nonfinite = self._nonfinite_terms(terms)
                 if nonfinite:
                     model_opt.zero_grad(set_to_none=True)
@@ -404,6 +408,14 @@ class Trainer:
             self._step_auxiliary(name, aux_terms["loss"])
             means.update({k: float(v.detach()) for k, v in aux_terms.items() if k != "loss"})
         return means | {"lr": lrs[MODEL_OPTIMIZER]}
+
+    def _backward_parts(self, batches: Mapping[str, Mapping[str, torch.Tensor]]) -> list[Mapping[str, Mapping[str, torch.Tensor]]]:
+        """The batches of one backward each: all domains together (``train.backward: step``) or one
+        domain at a time (``domain``: a domain's graph is freed before the next domain's forward;
+        the methods' losses are sums over domains, so the gradients add up to the same step)."""
+        if self.cfg.train.backward == "domain":
+            return [{name: b} for name, b in batches.items()]
+        return [batches]
 
     def _set_learning_rates(self, iteration: int) -> dict[str, float]:
         """Put every optimizer on the schedule at ``iteration``; returns the rates by optimizer."""
