@@ -170,6 +170,10 @@ class TrainConfig(StrictModel):
         "passes (model.norm: domain, or domains of different image sizes); with ema centroids a domain's entropy sees the "
         "banks of the domains after it before their update of this step"
     )
+    activation_checkpointing: bool = Field(
+        False, description="keep only each encoder unit's input for the backward pass and recompute the unit there "
+        "(torch.utils.checkpoint): less memory for about one more encoder forward per step; same numbers"
+    )
     sync_bn: bool = Field(False, description="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
     max_bad_steps: int = Field(
         5, ge=1, description="steps with a non-finite loss are skipped; this many in a row stop the run"

@@ -156,6 +156,7 @@ class Trainer:
         self.model: UniversalModel = build_model(cfg.model, {k: ls.num_classes for k, ls in self.heads.items()}).to(self.device)
         if cfg.model.init_from is not None:
             init_from_checkpoint(self.model, cfg.model.init_from, self.heads, cfg.model.init_norm_from)
+        self.model.encoder.activation_checkpointing = cfg.train.activation_checkpointing
         if cfg.train.sync_bn and dist.world_size() > 1:
             if self.device.type != "cuda":
                 raise ConfigError(

@@ -118,10 +118,10 @@ class DRN_D(Backbone):
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """``{"low": layer3 output (stride 4), "out": layer8 output (stride 8)}``."""
         for i in range(4):
-            x = getattr(self, f"layer{i}")(x)
+            x = self.unit(getattr(self, f"layer{i}"), x)
         low = x
         for i in range(4, 9):
-            x = getattr(self, f"layer{i}")(x)
+            x = self.unit(getattr(self, f"layer{i}"), x)
         return {"low": low, "out": x}
 
 

@@ -145,7 +145,7 @@ class EfficientNetLite(Backbone):
         x = self.act(self._bn0(self._conv_stem(x)))
         low = x
         for index, block in enumerate(self._blocks):
-            x = block(x)
+            x = self.unit(block, x)
             if index == self.low_index:
                 low = x
         return {"low": low, "out": self.act(self._bn1(self._conv_head(x)))}

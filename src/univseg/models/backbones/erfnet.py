@@ -112,12 +112,12 @@ class ERFNetEncoder(Backbone):
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """``{"low": stride-4 stage output, "out": last block's output (stride 8)}``."""
-        low = self.initial_block(x)
+        low = self.unit(self.initial_block, x)
         for layer in self.layers[: self._stride4_end]:
-            low = layer(low)
+            low = self.unit(layer, low)
         x = low
         for layer in self.layers[self._stride4_end :]:
-            x = layer(x)
+            x = self.unit(layer, x)
         return {"low": low, "out": x}
 
 

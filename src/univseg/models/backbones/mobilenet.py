@@ -51,7 +51,7 @@ class MobileNetV2(Backbone):
         """``{"low": features.3 output (stride 4), "out": features.18 output (stride 8 or 16)}``."""
         low = x
         for index, unit in enumerate(self.features):
-            x = unit(x)
+            x = self.unit(unit, x)
             if index == self.low_index:
                 low = x
         return {"low": low, "out": x}

@@ -28,6 +28,7 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
 from ...registry import Registry
+from ..activation_checkpoint import run_unit
 
 #: Checkpoint keys ending like this are BatchNorm counters; old checkpoints lack them and
 #: their absence changes nothing (they only matter for ``momentum=None``).
@@ -47,6 +48,8 @@ class Backbone(nn.Module):
         checkpoint_prefixes: wrapper prefixes under which a full-model checkpoint stores the
             backbone (e.g. ``encoder.`` for a whole ERFNet). When a file has keys under one of
             them, only those keys are used, with the prefix removed.
+        activation_checkpointing: in training, keep only each unit's input and recompute the
+            unit in the backward pass (subclasses run their units through :meth:`unit`).
     """
 
     out_channels: int
@@ -54,6 +57,12 @@ class Backbone(nn.Module):
     output_stride: int = 8
     ignored_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
     checkpoint_prefixes: tuple[str, ...] = ()
+    #: checkpoint each unit's activations in training (recomputed in the backward pass)
+    activation_checkpointing: bool = False
+
+    def unit(self, unit: nn.Module, x: Tensor) -> Tensor:
+        """``unit(x)`` for one unit (stage or block) of ``forward_features``, activation-checkpointed when enabled."""
+        return run_unit(unit, x, self.activation_checkpointing)
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         """``{"low": [B, low_level_channels, ~H/4, ~W/4], "out": [B, out_channels, ~H/s, ~W/s]}``

@@ -65,8 +65,13 @@ class DilatedResNet(Backbone):
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:
         """``{"low": layer1 output (stride 4), "out": layer4 output (stride 8)}``."""
-        low = self.layer1(self.maxpool(self.relu(self.bn1(self.conv1(x)))))
-        return {"low": low, "out": self.layer4(self.layer3(self.layer2(low)))}
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        for layer in (self.layer1, self.layer2, self.layer3, self.layer4):
+            for block in layer:
+                x = self.unit(block, x)
+            if layer is self.layer1:
+                low = x
+        return {"low": low, "out": x}
 
 
 def _block_channels(block: nn.Module) -> int:

@@ -1,0 +1,81 @@
+"""Activation checkpointing (train.activation_checkpointing): same outputs, gradients and
+BatchNorm statistics as without it, far fewer activations kept for the backward pass."""
+import copy
+
+import pytest
+import torch
+
+from univseg.config import validate_config
+from univseg.engine.checkpoint import Checkpoint
+from univseg.engine.trainer import Trainer
+from univseg.models.backbones import build_backbone
+from univseg.models.universal import UniversalModel
+
+BACKBONES = [("erfnet", {"width": 0.25, "dropout": 0.1}), ("mobilenet_v2", {}), ("efficientnet_lite0", {}), ("resnet18", {}), ("drn_d_22", {})]
+
+
+def saved_bytes(fn):
+    """Bytes of the tensors autograd keeps for the backward pass while ``fn`` runs (its result, the bytes)."""
+    total = 0
+
+    def pack(t):
+        nonlocal total
+        total += t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = fn()
+    return out, total
+
+
+def forward_backward(net, x, checkpointing):
+    net.activation_checkpointing = checkpointing
+    net.zero_grad(set_to_none=True)
+    torch.manual_seed(5)  # dropout: the recomputation must draw the same masks
+    out, kept = saved_bytes(lambda: net.forward_features(x))
+    (out["out"].square().mean() + out["low"].mean()).backward()
+    grads = {k: p.grad.clone() for k, p in net.named_parameters()}
+    return out, grads, {k: v.clone() for k, v in net.state_dict().items()}, kept
+
+
+@pytest.mark.parametrize("name, kwargs", BACKBONES)
+def test_checkpointed_backbone_gives_the_same_outputs_gradients_and_statistics(name, kwargs):
+    torch.manual_seed(0)
+    net = build_backbone(name, **kwargs).train()
+    x = torch.randn(2, 3, 48, 64)
+    plain_net, ckpt_net = net, copy.deepcopy(net)
+    out_a, grad_a, state_a, kept_a = forward_backward(plain_net, x, False)
+    out_b, grad_b, state_b, kept_b = forward_backward(ckpt_net, x, True)
+    for k in ("low", "out"):
+        torch.testing.assert_close(out_b[k], out_a[k], rtol=0, atol=0)
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-5, atol=1e-7, msg=k)
+    for k in state_a:  # running statistics updated once (not again by the recomputation), counters too
+        assert torch.equal(state_b[k], state_a[k]), k
+    assert kept_b < 0.35 * kept_a, (kept_b, kept_a)
+
+
+def test_per_domain_batchnorm_is_recomputed_with_the_domain_of_the_forward_pass():
+    torch.manual_seed(0)
+    model = UniversalModel("erfnet", {"a": 3, "b": 4}, embed_dim=4, backbone_args={"width": 0.25, "dropout": 0.0}, norm="domain").train()
+    twin = copy.deepcopy(model)
+    twin.encoder.activation_checkpointing = True
+    x = torch.rand(2, 3, 32, 48) * 255
+    for m in (model, twin):
+        out = m({"a": x, "b": x.flip(-1)}, embed=True)  # the backward runs after both domains' passes ended
+        (out["a"]["a"].logsumexp(1).mean() + out["b"]["b"].square().mean() + out["b"]["embedding"].mean()).backward()
+    for (k, p), q in zip(model.named_parameters(), twin.parameters()):
+        torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=k)
+    sa, sb = model.state_dict(), twin.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_training_with_activation_checkpointing_reaches_the_same_weights(tiny_raw, tmp_path):
+    runs = {}
+    for flag in (False, True):
+        raw = copy.deepcopy(tiny_raw)
+        raw["train"].update({"activation_checkpointing": flag, "eval_interval": 0})
+        Trainer(validate_config(raw), tmp_path / str(flag), progress=False).run()
+        runs[flag] = Checkpoint.load(tmp_path / str(flag) / "latest.pt")
+    for k, v in runs[False].model.items():
+        torch.testing.assert_close(runs[True].model[k], v, rtol=1e-4, atol=1e-5, msg=k)
