@@ -78,4 +78,22 @@ def test_training_with_activation_checkpointing_reaches_the_same_weights(tiny_ra
         Trainer(validate_config(raw), tmp_path / str(flag), progress=False).run()
         runs[flag] = Checkpoint.load(tmp_path / str(flag) / "latest.pt")
     for k, v in runs[False].model.items():
-        torch.testing.assert_close(runs[True].model[k], v, rtol=1e-4, atol=1e-5, msg=k)
+        torch.testing.assert_close(runs[True].model[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_channels_last_training_reaches_the_same_weights(tiny_raw, tmp_path):
+    """Rounding differs between the layouts' convolution kernels; frozen BatchNorm and SGD keep it
+    from growing (batch statistics of 2 tiny images amplify it ~10x per step, Adam's first steps
+    turn it into lr-sized updates)."""
+    runs = {}
+    for flag in (False, True):
+        raw = copy.deepcopy(tiny_raw)
+        raw["model"]["freeze_bn"] = True
+        raw["train"].update({"channels_last": flag, "eval_interval": 0, "optimizer": {"type": "sgd", "lr": 0.05, "momentum": 0.9}})
+        trainer = Trainer(validate_config(raw), tmp_path / str(flag), progress=False)
+        conv = trainer.model.encoder.initial_block.conv.weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == flag and (flag or conv.is_contiguous())
+        trainer.run()
+        runs[flag] = Checkpoint.load(tmp_path / str(flag) / "latest.pt")
+    for k, v in runs[False].model.items():
+        torch.testing.assert_close(runs[True].model[k], v, rtol=1e-4, atol=1e-5)

@@ -70,6 +70,7 @@ class UniversalModel(nn.Module):
         self.embedding = nn.Conv2d(c, embed_dim, 1)
         self.norm = norm
         self.freeze_bn = freeze_bn
+        self.memory_format = torch.contiguous_format
         if norm == "domain":
             to_domain_norm(self.encoder, heads)
             to_domain_norm(self.decoder, heads)
@@ -86,6 +87,11 @@ class UniversalModel(nn.Module):
                     m.eval()
         return self
 
+    def use_channels_last(self, enabled: bool = True) -> "UniversalModel":
+        """Store weights and run the encoder and decoder in channels-last (NHWC) memory layout, or back to NCHW."""
+        self.memory_format = torch.channels_last if enabled else torch.contiguous_format
+        return self.to(memory_format=self.memory_format)
+
     @property
     def head_names(self) -> list[str]:
         return list(self.heads.keys())
@@ -100,7 +106,7 @@ class UniversalModel(nn.Module):
         """Decoder features and, with ``dropout > 0``, the decoder features of the same encoder
         features after channel dropout (UniMatch's feature perturbation); one decoder pass over both."""
         with active_domain(self._domain_norms, domain):
-            enc = self.encoder.forward_features((x - self.mean) / self.std)
+            enc = self.encoder.forward_features(((x - self.mean) / self.std).contiguous(memory_format=self.memory_format))
             if dropout <= 0:
                 return self.decoder(enc), None
             both = {k: torch.cat([v, F.dropout2d(v, dropout, training=True)]) for k, v in enc.items()}
