@@ -225,6 +225,10 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         if cuda:
             out["cuda_train_peak_mb"] = round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
         log(f"train: {n} iters in {wall:.2f} s -> {n / wall:.3f} it/s, {images / wall:.2f} img/s")
+        if spec.get("profile"):
+            out.update(profile_step(trainer, loaders, it, sync))
+            it += 2
+            log(f"profile: {out['gflop_per_step']:.0f} GFLOP per step, convolutions {100 * out['conv_time_share']:.1f}% of CPU time")
 
         # -- evaluation
         if spec["eval"]:
@@ -264,6 +268,26 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
     out["rss_peak_mb"] = round(_maxrss_mb(), 1)
     out["loadavg_end"] = _loadavg()
     return out
+
+
+def profile_step(trainer: Any, loaders: Any, it: int, sync: Any) -> dict[str, Any]:
+    """Two more steps: one under ``torch.utils.flop_counter`` (FLOPs of a step), one under
+    ``torch.profiler`` (share of self CPU time spent in convolution kernels, forward and backward)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        trainer.step(it, trainer._next_batches(loaders))
+    sync()
+    batches = trainer._next_batches(loaders)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        trainer.step(it + 1, batches)
+        sync()
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key and "convert" not in e.key)
+    return {"gflop_per_step": counter.get_total_flops() / 1e9, "conv_time_share": conv / total if total else None}
 
 
 # ----------------------------------------------------------------------------- table
@@ -319,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="train.device override (default: the config's, i.e. auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every case (repeatable)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the JSON (default: {DEFAULT_JSON})")
+    p.add_argument("--profile", action="store_true", help="also count a step's FLOPs and the convolutions' share of CPU time (2 more steps)")
     p.add_argument("--_case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
@@ -351,7 +376,7 @@ def main(argv: list[str] | None = None) -> int:
                         "config": config, "method": method, "amp": amp, "iters": args.iters, "warmup": args.warmup,
                         "min_iters": min(args.min_iters, args.iters), "time_budget": args.time_budget,
                         "eval_images": args.eval_images, "eval": k == 0, "threads": args.threads, "device": args.device,
-                        "set": args.set, "result": str(Path(tmp) / f"result{len(cases)}.json"),
+                        "set": args.set, "profile": args.profile, "result": str(Path(tmp) / f"result{len(cases)}.json"),
                     }
                     spec_path = Path(tmp) / f"spec{len(cases)}.json"
                     spec_path.write_text(json.dumps(spec))
