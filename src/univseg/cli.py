@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from . import __version__
 from .config import packaged_configs, resolve_config_path
+from .engine.export_options import RUNTIMES, add_export_arguments
 from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
 
 EXIT_USAGE = 2
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace, extra_overrides: Sequence[str] = ()):
     from .config import load_config
 
     overrides = list(args.set or [])
@@ -21,7 +23,7 @@ def _load(args: argparse.Namespace):
         overrides.append(f"train.amp={args.amp}")
     if getattr(args, "device", None):
         overrides.append(f"train.device={args.device}")
-    return load_config(resolve_config_path(args.config), overrides)
+    return load_config(resolve_config_path(args.config), overrides + list(extra_overrides))
 
 
 # ----------------------------------------------------------------------------- verbs
@@ -48,7 +50,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .engine.predictor import Predictor
     from .utils.files import atomic_write_json
 
-    cfg = _load(args)
+    cfg = _load(args, [f"eval.{key}={json.dumps(value)}" for key, value in _inference_flags(args).items()])
     predictor = Predictor.from_checkpoint(args.checkpoint, device=cfg.train.device)
     domains = build_domains(cfg)
     if args.domains:
@@ -70,11 +72,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
+    from .engine.inference import InferenceSettings
     from .engine.predict_files import predict_files
 
-    written = predict_files(args.checkpoint, args.inputs, Path(args.out), args.label_space, device=args.device, progress=not args.no_progress)
+    inference = InferenceSettings(**_inference_flags(args))
+    written = predict_files(args.checkpoint, args.inputs, Path(args.out), args.label_space, device=args.device,
+                            progress=not args.no_progress, inference=inference, runtime=args.runtime)
     print(f"wrote {written} files to {args.out}")
     return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .engine.export import run_export
+
+    return run_export(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -179,6 +190,14 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
 
+INFERENCE_FLAGS = ("mode", "crop", "stride", "flip", "scales")
+
+
+def _inference_flags(args: argparse.Namespace) -> dict:
+    """The inference settings given as flags (``--mode``, ``--crop``, ...), by their config key."""
+    return {key: getattr(args, key) for key in INFERENCE_FLAGS if getattr(args, key, None) is not None}
+
+
 # ----------------------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -200,6 +219,21 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         sp.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
         return sp
+
+    def inference_args(sp: argparse.ArgumentParser, overrides_config: bool) -> None:
+        def note(key: str) -> str:
+            return f" (overrides eval.{key})" if overrides_config else ""
+
+        sp.add_argument("--mode", choices=["whole", "slide"],
+                        help="whole image (default), or sliding windows of --crop every --stride pixels" + note("mode"))
+        sp.add_argument("--crop", nargs=2, type=int, metavar=("H", "W"), help="sliding-window size in pixels" + note("crop"))
+        sp.add_argument("--stride", nargs=2, type=int, metavar=("H", "W"),
+                        help="sliding-window step in pixels, at most the crop" + note("stride"))
+        sp.add_argument("--flip", action="store_true", default=None,
+                        help="test-time augmentation: average with the horizontally flipped image's logits" + note("flip"))
+        sp.add_argument("--scales", nargs="+", type=float, metavar="S",
+                        help="test-time augmentation: average the logits over these input scales, e.g. 0.75 1.0 1.25"
+                        + note("scales"))
 
     def config_args(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("config", help="experiment YAML file, or a built-in config name")
@@ -245,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
     sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+    inference_args(sp, overrides_config=True)
 
     sp = verb("split", cmd_split, "write labeled / unlabeled / val list files of each domain",
               "Write <out>/<domain>/labeled.txt, unlabeled.txt and val.txt ('image [label]' per line) as the config "
@@ -298,14 +333,26 @@ def build_parser() -> argparse.ArgumentParser:
               "the catalogue. Exits 1 when a file is missing or does not match.", weights_sub)
     sp.add_argument("names", nargs="*", metavar="NAME", help="backbone names (default: every cached file)")
 
-    sp = verb("predict", cmd_predict, "segment images with a checkpoint",
-              "Write a class-id PNG and a colour overlay per image and label space. Needs only the checkpoint.")
+    sp = verb("predict", cmd_predict, "segment images and videos with a checkpoint",
+              "Write a class-id PNG and a colour overlay per image (or video frame) and label space. Needs only the "
+              "checkpoint. A video's frames go to OUT/<video stem>/frame_000000_<head>.png, ...")
     sp.add_argument("checkpoint", help="checkpoint file (.pt)")
-    sp.add_argument("inputs", nargs="+", help="image files and/or folders (searched recursively)")
+    sp.add_argument("inputs", nargs="+",
+                    help="image files, folders (searched recursively for images) and/or video files "
+                    "(.mp4 .avi .mov .mkv .webm; needs PyAV: pip install \"univseg[video]\")")
     sp.add_argument("--out", required=True, help="output folder")
     sp.add_argument("--label-space", default=None,
                     help="head or label-space name, or 'all' (default: the first head of the model)")
     sp.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    sp.add_argument("--runtime", default="torch", choices=list(RUNTIMES),
+                    help="; ".join(f"{name}: CHECKPOINT is {what}" for name, what in RUNTIMES.items()))
+    inference_args(sp, overrides_config=False)
+
+    sp = verb("export", cmd_export, "export a checkpoint to ONNX or TorchScript and check it against PyTorch",
+              "Write one head or every head (--label-space all) as ONNX or TorchScript with dynamic batch, height and "
+              "width and the label spaces in the file, then compare it with PyTorch on random and real images. "
+              "Exits 1 when they differ beyond --atol / --min-agreement.")
+    add_export_arguments(sp)
     return p
 
 

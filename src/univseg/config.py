@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
 
 from .data.domain_config import DomainConfig, LabeledConfig, UnlabeledConfig  # noqa: F401  (the domain schema, re-exported)
 from .data.registry import check_split, resolve_dataset
@@ -185,7 +185,45 @@ class TrainConfig(StrictModel):
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
 
 
-class EvalConfig(StrictModel):
+class InferenceConfig(StrictModel):
+    """How logits are computed at test time: whole image or sliding window, and test-time augmentation
+    (logits averaged over flips and scales). The keys of ``eval``; ``univseg predict`` takes them as flags."""
+
+    mode: Literal["whole", "slide"] = Field(
+        "whole", description="whole: one pass over the whole image; slide: windows of 'crop' every 'stride' pixels, "
+        "logits averaged where windows overlap"
+    )
+    crop: Optional[tuple[PositiveInt, PositiveInt]] = Field(
+        None, validate_default=True, description="sliding-window size [height, width] in pixels (mode: slide)"
+    )
+    stride: Optional[tuple[PositiveInt, PositiveInt]] = Field(
+        None, validate_default=True,
+        description="sliding-window step [height, width] in pixels, at most the crop (mode: slide)",
+    )
+    flip: bool = Field(False, description="also predict the horizontally flipped image and average the logits")
+    scales: list[PositiveFloat] = Field(
+        default_factory=lambda: [1.0], min_length=1,
+        description="resize factors of the input; the logits of every scale, resized back, are averaged",
+    )
+
+    @field_validator("crop", "stride")
+    @classmethod
+    def _check_window(cls, value: Optional[tuple[int, int]], info: ValidationInfo) -> Optional[tuple[int, int]]:
+        """Sliding windows need a crop and a stride, and a stride larger than the crop would skip pixels."""
+        if value is None and info.data.get("mode") == "slide":
+            raise ValueError(f"needed with mode 'slide': the window {info.field_name} [height, width] in pixels")
+        crop = info.data.get("crop")
+        if info.field_name == "stride" and value is not None and crop is not None and any(s > c for s, c in zip(value, crop)):
+            raise ValueError(
+                f"{list(value)} is larger than the crop {list(crop)}: pixels between windows would get no prediction; "
+                "use a stride of at most the crop"
+            )
+        return value
+
+
+class EvalConfig(InferenceConfig):
+    """Evaluation settings: the inference keys (mode, crop, stride, flip, scales) plus the ones below."""
+
     batch_size: int = Field(4, ge=1, description="images per evaluation batch")
     max_images: Optional[int] = Field(None, ge=1, description="evaluate only the first N val images of each domain")
     mappings: dict[str, Path] = Field(

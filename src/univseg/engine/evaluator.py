@@ -15,6 +15,7 @@ from ..data.mapping import ClassMapping
 from ..errors import CheckpointError
 from ..utils import dist
 from ..utils.table import markdown_table
+from .inference import InferenceSettings, infer_logits
 from .metrics import ConfusionMatrix
 from .precision import autocast, resolve_amp
 
@@ -78,11 +79,18 @@ def size_groups(batch: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.
 
 
 @torch.inference_mode()
-def predict_labels(model: torch.nn.Module, images: torch.Tensor, head: str, amp: str = "none") -> torch.Tensor:
-    """Arg-max class ids [B, H, W] of head ``head`` for a batch of 0..255 float images."""
+def predict_labels(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    head: str,
+    amp: str = "none",
+    inference: InferenceSettings = InferenceSettings(),
+) -> torch.Tensor:
+    """Arg-max class ids [B, H, W] of head ``head`` for a batch of 0..255 float images, computed
+    as ``inference`` says (default: whole image, no test-time augmentation)."""
     device = next(model.parameters()).device
     with autocast(device, amp):
-        logits = model(images.to(device), heads=[head])[head]
+        logits = infer_logits(model, images.to(device), [head], inference)[head]
     return logits.argmax(1)
 
 
@@ -95,8 +103,10 @@ def evaluate_domain(
     max_images: int | None = None,
     num_workers: int = 0,
     progress: bool = True,
+    inference: InferenceSettings = InferenceSettings(),
 ) -> ConfusionMatrix:
-    """Confusion matrix of ``model`` on ``domain``'s val split (sharded over ranks, then summed)."""
+    """Confusion matrix of ``model`` on ``domain``'s val split (sharded over ranks, then summed),
+    predicted as ``inference`` says."""
     view = domain.val
     n = len(view) if max_images is None else min(max_images, len(view))
     indices = list(range(dist.rank(), n, dist.world_size()))
@@ -106,7 +116,7 @@ def evaluate_domain(
     bar = tqdm(loader, desc=f"eval {domain.name}", leave=False, disable=not (progress and dist.is_main()))
     for batch in bar:
         for img, lab in size_groups(batch):
-            pred = predict_labels(model, img, choice.head, amp).cpu()
+            pred = predict_labels(model, img, choice.head, amp, inference).cpu()
             if lut is not None:
                 pred = lut[pred]
             cm.update(pred, lab)
@@ -126,6 +136,7 @@ def evaluate(
 ) -> dict[str, Any]:
     """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float}``.
 
+    Predictions follow the inference keys of ``eval_cfg`` (mode, crop, stride, flip, scales).
     mIoU values are fractions in [0, 1]. Domains no head can be mapped to are reported with
     ``"skipped"`` and the reason, and left out of the mean; when that is every domain, CheckpointError
     names the heads and the domains (``source``: the checkpoint the model comes from, if any).
@@ -134,6 +145,7 @@ def evaluate(
     if domains and all(c is None for c in choices.values()):
         raise _nothing_to_score(heads, domains, source)
     amp = resolve_amp(amp, next(model.parameters()).device)
+    inference = InferenceSettings.from_config(eval_cfg)
     was_training = model.training
     model.eval()
     results: dict[str, Any] = {}
@@ -147,7 +159,7 @@ def evaluate(
                 }
                 continue
             cm = evaluate_domain(
-                model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress
+                model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress, inference
             )
             results[domain.name] = {"head": choice.describe(), **cm.summary(domain.label_space.names)}
     finally:

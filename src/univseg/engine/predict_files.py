@@ -1,4 +1,7 @@
-"""Batch prediction over files and folders: class-id PNGs and colour overlays.
+"""Batch prediction over files, folders and videos: class-id PNGs and colour overlays.
+
+Folders are searched recursively for images; video files (VIDEO_SUFFIXES, decoded with PyAV, the
+optional extra ``univseg[video]``) give one prediction per frame in a folder named after the video.
 
 Every PNG is written atomically (a temporary file in the output folder, then a rename), so a full
 disk or a crash never leaves a truncated prediction; a failed write stops with a WriteError
@@ -7,21 +10,26 @@ naming the file.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.base import IMAGE_SUFFIXES, list_files, missing_reason, read_image
-from ..errors import ConfigError, MissingFileError
+from ..errors import ConfigError, DataError, MissingFileError, UnreadableFileError
 from ..utils.files import atomic_write
 from ..viz import overlay
+from .export import open_predictor
+from .inference import InferenceSettings
 from .predictor import Predictor
 
+#: File-name endings read as videos when named as inputs.
+VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
-def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
+
+def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
+    """Files named directly (images or videos) and images found (recursively, sorted) in the given folders."""
     found: list[Path] = []
     for item in inputs:
         p = Path(item)
@@ -34,6 +42,66 @@ def collect_images(inputs: Iterable[str | Path]) -> list[Path]:
     if not found:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found
+
+
+def is_video(path: Path) -> bool:
+    """Whether ``path`` is read as a video (by its suffix: VIDEO_SUFFIXES)."""
+    return path.suffix.lower() in VIDEO_SUFFIXES
+
+
+def _import_av(path: Path):
+    """The PyAV module; DataError saying how to install it when it is missing."""
+    try:
+        import av
+    except ImportError:
+        hint = 'pip install "univseg[video]"'
+        raise DataError(f"{path}: reading videos needs PyAV, which is not installed; {hint}", path=path, hint=hint) from None
+    return av
+
+
+def video_frame_count(path: Path) -> int | None:
+    """Number of frames the video's header announces (None when it does not say)."""
+    av = _import_av(path)
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise _unreadable_video(path, "it has no video stream")
+            return container.streams.video[0].frames or None
+    except av.error.FFmpegError as e:
+        raise _unreadable_video(path, str(e)) from None
+
+
+def video_frames(path: Path) -> Iterator[np.ndarray]:
+    """The frames of a video file as HxWx3 uint8 RGB arrays, in order (decoded with PyAV)."""
+    av = _import_av(path)
+    try:
+        with av.open(str(path)) as container:
+            for frame in container.decode(video=0):
+                yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as e:
+        raise _unreadable_video(path, str(e)) from None
+
+
+def _unreadable_video(path: Path, reason: str) -> UnreadableFileError:
+    """The error for a video file that cannot be decoded, naming the file and the reason."""
+    return UnreadableFileError(f"cannot read video {path}: {reason}; check that the file is complete and plays", path=path)
+
+
+def frames_of(paths: list[Path], stems: list[str]) -> Iterator[tuple[Path, str, np.ndarray]]:
+    """``(sub-folder, output stem, image)`` of every input: an image is ``('.', stem, pixels)``, the
+    k-th frame of a video ``(<video stem>, 'frame_<k:06d>', pixels)``."""
+    for path, stem in zip(paths, stems):
+        if is_video(path):
+            for k, frame in enumerate(video_frames(path)):
+                yield Path(stem), f"frame_{k:06d}", frame
+        else:
+            yield Path("."), stem, read_image(path)
+
+
+def count_frames(paths: list[Path]) -> int | None:
+    """Images plus video frames to predict (None when a video does not announce its frame count)."""
+    counts = [video_frame_count(p) if is_video(p) else 1 for p in paths]
+    return None if None in counts else sum(counts)
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -65,19 +133,24 @@ def predict_files(
     label_space: str | None = None,
     device: str = "auto",
     progress: bool = True,
+    inference: InferenceSettings = InferenceSettings(),
+    runtime: str = "torch",
 ) -> int:
-    """Predict every input image in one or all (``'all'``) label spaces; returns the number of files written."""
+    """Predict every input image and video frame in one or all (``'all'``) label spaces, as
+    ``inference`` says, with the model run by ``runtime`` (torch: ``checkpoint`` is a univseg
+    checkpoint; onnxruntime / torchscript: a file written by ``univseg export``); returns the number of files written. A video's frames go to
+    ``out_dir/<video stem>/frame_000000_<head>.png`` (and ``_overlay.png``), and so on."""
     check_output_folder(out_dir)
-    predictor = Predictor.from_checkpoint(checkpoint, device=device)
+    predictor = open_predictor(checkpoint, runtime, device, inference)
     heads = list(predictor.label_spaces) if label_space == "all" else [predictor.resolve(label_space)]
-    images = collect_images(inputs)
-    stems = _unique_stems(images)
+    paths = collect_inputs(inputs)
+    total = count_frames(paths)
     written = 0
-    for path, stem in tqdm(list(zip(images, stems)), desc="predict", disable=not progress):
-        image = read_image(path)
+    items = frames_of(paths, _unique_stems(paths))
+    for sub, stem, image in tqdm(items, total=total, desc="predict", unit="image", disable=not progress):
         masks = predictor.predict_all(image) if len(heads) > 1 else {heads[0]: predictor.predict(image, heads[0])}
         for head in heads:
-            write_prediction(out_dir, stem, head, image, masks[head], predictor)
+            write_prediction(out_dir / sub, stem, head, image, masks[head], predictor)
             written += 2
     return written
 

@@ -3,6 +3,9 @@
     from univseg import Predictor
     predictor = Predictor.from_checkpoint("work_dirs/demo/best.pt")
     mask = predictor.predict("street.jpg", label_space="city")   # HxW uint8 class ids
+
+Sliding-window inference and test-time augmentation: pass ``inference=InferenceSettings(...)`` to
+``from_checkpoint`` or set ``predictor.inference``; ``logits``, ``predict`` and ``predict_all`` use it.
 """
 from __future__ import annotations
 
@@ -20,27 +23,41 @@ from ..errors import DataError, UnknownNameError
 from ..models.universal import UniversalModel, build_model
 from ..utils.dist import resolve_device
 from .checkpoint import Checkpoint
+from .inference import InferenceSettings, infer_logits
 from .precision import autocast, resolve_amp
 
 
 class Predictor:
-    """A trained universal model plus its label spaces, ready to segment images in any of them."""
+    """A trained universal model plus its label spaces, ready to segment images in any of them.
 
-    def __init__(self, model: UniversalModel, label_spaces: dict[str, LabelSpace], amp: str = "none") -> None:
+    ``inference`` (an attribute, may be replaced) says how logits are computed: whole image or
+    sliding window, flip and multi-scale test-time augmentation (default: one whole-image pass).
+    """
+
+    def __init__(
+        self,
+        model: UniversalModel,
+        label_spaces: dict[str, LabelSpace],
+        amp: str = "none",
+        inference: InferenceSettings = InferenceSettings(),
+    ) -> None:
         self.model = model.eval()
         self.label_spaces = label_spaces
         self.amp = amp
+        self.inference = inference
 
     @classmethod
-    def from_checkpoint(cls, path: str | Path, device: str = "auto", amp: str = "auto") -> "Predictor":
-        """Load a checkpoint written by training (safely: tensors only)."""
+    def from_checkpoint(
+        cls, path: str | Path, device: str = "auto", amp: str = "auto", inference: InferenceSettings = InferenceSettings()
+    ) -> "Predictor":
+        """Load a checkpoint written by training (safely: tensors only); ``inference`` as in the class."""
         dev = resolve_device(device)
         ckpt = Checkpoint.load(path, map_location=dev)
         spaces = ckpt.label_spaces
         model_cfg = ModelConfig.model_validate({**ckpt.model_config, "pretrained": None, "init_from": None})
         model = build_model(model_cfg, {k: ls.num_classes for k, ls in spaces.items()})
         ckpt.load_weights(model, path)
-        return cls(model.to(dev), spaces, resolve_amp(amp, dev))
+        return cls(model.to(dev), spaces, resolve_amp(amp, dev), inference)
 
     @property
     def device(self) -> torch.device:
@@ -63,24 +80,26 @@ class Predictor:
         return torch.tensor(as_array(image)).permute(2, 0, 1).float().unsqueeze(0).to(self.device)
 
     @torch.no_grad()
+    def _logits(self, image: Any, heads: list[str]) -> dict[str, torch.Tensor]:
+        """``{head: [K, H, W] float logits}`` of one image, computed as ``self.inference`` says."""
+        with autocast(self.device, self.amp):
+            out = infer_logits(self.model, self._batch(image), heads, self.inference)
+        return {h: t[0] for h, t in out.items()}
+
     def logits(self, image: Any, label_space: str | None = None) -> torch.Tensor:
         """[K, H, W] float logits of one image in one label space."""
         head = self.resolve(label_space)
-        x = self._batch(image)
-        with autocast(self.device, self.amp):
-            return self.model(x, heads=[head])[head][0].float()
+        return self._logits(image, [head])[head]
 
     def predict(self, image: Any, label_space: str | None = None) -> np.ndarray:
         """HxW uint8 class ids of ``image`` (array HxWx3 uint8, PIL image or path) in ``label_space``."""
         return self.logits(image, label_space).argmax(0).to(torch.uint8).cpu().numpy()
 
-    @torch.no_grad()
     def predict_all(self, image: Any) -> dict[str, np.ndarray]:
-        """Class ids in every label space of the model, from one encoder pass."""
-        x = self._batch(image)
-        with autocast(self.device, self.amp):
-            out = self.model(x)
-        return {h: out[h][0].argmax(0).to(torch.uint8).cpu().numpy() for h in self.label_spaces}
+        """Class ids in every label space of the model; the heads share each encoder pass (one pass
+        per head under per-domain BatchNorm)."""
+        out = self._logits(image, list(self.label_spaces))
+        return {h: t.argmax(0).to(torch.uint8).cpu().numpy() for h, t in out.items()}
 
 
 def as_array(image: Any) -> np.ndarray:
