@@ -9,7 +9,9 @@ from typing import Callable, Sequence
 
 from . import __version__
 from .config import packaged_configs, resolve_config_path
+from .engine.align_options import add_align_arguments
 from .engine.export_options import RUNTIMES, add_export_arguments
+from .engine.tsne_options import add_tsne_arguments
 from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
 
 EXIT_USAGE = 2
@@ -86,6 +88,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     from .engine.export import run_export
 
     return run_export(args)
+
+
+def cmd_align(args: argparse.Namespace) -> int:
+    from .engine.align import run_align
+
+    return run_align(args)
+
+
+def cmd_tsne(args: argparse.Namespace) -> int:
+    from .engine.tsne import run_tsne
+
+    return run_tsne(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -353,6 +367,20 @@ def build_parser() -> argparse.ArgumentParser:
               "width and the label spaces in the file, then compare it with PyTorch on random and real images. "
               "Exits 1 when they differ beyond --atol / --min-agreement.")
     add_export_arguments(sp)
+
+    sp = verb("align", cmd_align, "relate the classes of a model's label spaces and suggest class mappings",
+              "For every ordered pair of heads, the affinity of every class with every class of the other: cosine "
+              "similarity of class centroids and (with --data) co-prediction on the config's val images. Writes heatmaps, "
+              "alignment.md, alignment.json and a suggested mapping_<A>-to-<B>.yaml per pair for eval.mappings.")
+    add_align_arguments(sp)
+
+    sp = verb("tsne", cmd_tsne, "map the pixel embeddings of every domain's classes in 2-D (t-SNE or UMAP)",
+              "Sample --per-class val pixels per domain and class (seeded; the same pixels for every checkpoint), "
+              "embed them with each checkpoint, project each checkpoint's embeddings to 2-D and draw one panel per "
+              "checkpoint (colour = class, marker = domain). Writes <method>.png, <method>_points.csv and "
+              "<method>_summary.json, and prints the mean cosine distances of same or mapped vs different classes "
+              "per pair of domains.")
+    add_tsne_arguments(sp)
     return p
 
 

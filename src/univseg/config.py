@@ -183,6 +183,10 @@ class TrainConfig(StrictModel):
         5, ge=1, description="steps with a non-finite loss are skipped; this many in a row stop the run"
     )
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    tensorboard: Literal["auto", True, False] = Field(
+        "auto", description="TensorBoard scalars (loss terms, lr, eval mIoU) in <work_dir>/tensorboard/: auto = when "
+        "the tensorboard package is installed; true needs it (pip install \"univseg[tensorboard]\")"
+    )
 
 
 class InferenceConfig(StrictModel):
@@ -475,7 +479,7 @@ def save_config(cfg: Config, path: str | Path) -> None:
 # Keys that change neither what a run learns nor its evaluation (where the data lives, how fast
 # it is loaded, how often progress is logged or saved, the run's display name).
 RESULT_NEUTRAL_KEYS = re.compile(
-    r"^(name|experiment(\..*)?|train\.(num_workers|log_interval|checkpoint_interval|device)|eval\.batch_size"
+    r"^(name|experiment(\..*)?|train\.(num_workers|log_interval|checkpoint_interval|device|tensorboard)|eval\.batch_size"
     r"|domains\[\d+\]\.dataset\.root)$"
 )
 

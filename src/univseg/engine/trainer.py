@@ -117,6 +117,9 @@ class TrainerHook:
     def after_eval(self, trainer: "Trainer", iteration: int, results: Mapping[str, Any]) -> None:
         """After an evaluation of the model trained for ``iteration`` iterations."""
 
+    def after_run(self, trainer: "Trainer") -> None:
+        """When ``run`` ends, normally or by an exception (a stop, a divergence, an error): release what the hook holds."""
+
 
 class Trainer:
     """Trains the method of a Config and keeps checkpoints, metrics and evaluations in ``work_dir``.
@@ -124,7 +127,7 @@ class Trainer:
     run(): for t in [start, iters): hooks.before_step -> step(t) -> hooks.after_step -> log every
     log_interval -> evaluate every eval_interval (hooks.after_eval; best.pt on a new best mean
     mIoU) -> latest.pt every checkpoint_interval; then a final evaluation, latest.pt,
-    eval_results.json and a summary table.
+    eval_results.json and a summary table; last (also after an exception) hooks.after_run.
     step(t): learning rates of every optimizer -> method.before_step(t) -> method.losses ->
     backward -> model step -> each auxiliary loss of the method -> backward -> its optimizer's step.
     """
@@ -142,7 +145,9 @@ class Trainer:
         self.work_dir = Path(work_dir)
         self.lock = WorkDirLock(self.work_dir)
         self.progress = progress
-        self.hooks = list(hooks)
+        from .tensorboard_hook import tensorboard_hooks  # here: that module imports TrainerHook from this one
+
+        self.hooks = [*hooks, *tensorboard_hooks(cfg.train.tensorboard, self.work_dir)]
         self.device = dist.resolve_device(cfg.train.device)
         self.amp = resolve_amp(cfg.train.amp, self.device)
         if self.amp == "fp16" and self.device.type != "cuda":
@@ -498,7 +503,11 @@ class Trainer:
         of them in a row raise :class:`TrainingDivergedError` without writing a checkpoint.
         """
         with self.lock if dist.is_main() else contextlib.nullcontext(), StopRequest() as stop:
-            return self._run(stop)
+            try:
+                return self._run(stop)
+            finally:
+                for hook in self.hooks:
+                    hook.after_run(self)
 
     def _run(self, stop: StopRequest) -> dict[str, Any]:
         t = self.cfg.train
