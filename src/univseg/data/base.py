@@ -14,7 +14,7 @@ import errno
 import os
 import sys
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -249,6 +249,21 @@ def report_bad_links(folder: Path, bad: Sequence[BadLink]) -> None:
     more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
     print(f"warning: skipped {path}{more} under {folder}: {problem}; fix or remove the link "
           "('univseg data check' lists every such link)", file=sys.stderr, flush=True)
+
+
+def files_or_folders(inputs: Iterable[str | Path], origin: str = "input") -> list[Path]:
+    """Files named directly and images found (recursively, sorted) in the named folders; a path
+    that does not exist raises MissingFileError naming ``origin`` (e.g. a command-line option)."""
+    found: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found += list_files(p, lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise MissingFileError(f"{origin} not found: {p}{missing_reason(p)}; give image files or folders of images", path=p)
+    return found
 
 
 def missing_reason(path: Path) -> str:

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from .. import __version__
-from ..data.base import IMAGE_SUFFIXES, list_files, read_image
+from ..data.base import files_or_folders, read_image
 from ..data.label_space import LabelSpace
-from ..errors import CheckpointError, ConfigError, MissingFileError, UnivsegError
+from ..errors import CheckpointError, ConfigError, UnivsegError
 from ..models.universal import UniversalModel
 from ..utils.dist import resolve_device
 from ..utils.files import atomic_write
@@ -434,23 +434,9 @@ def _verification_inputs(
     batches = [
         (f"random 2x{h}x{w}", torch.randint(0, 256, (2, 3, h, w), generator=generator).float()) for h, w in sizes
     ]
-    for path in _image_files(images):
+    for path in files_or_folders(images, "--images"):
         batches.append((str(path), torch.from_numpy(read_image(path)).permute(2, 0, 1).float().unsqueeze(0)))
     return batches
-
-
-def _image_files(inputs: Iterable[str | Path]) -> list[Path]:
-    """Image files named directly or found (recursively, sorted) in the given folders."""
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += list_files(p, lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise MissingFileError(f"--images: {p} not found; give image files or folders of images", path=p)
-    return found
 
 
 def _first_line(e: Exception) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..data.base import IMAGE_SUFFIXES, list_files, missing_reason, read_image
+from ..data.base import IMAGE_SUFFIXES, files_or_folders, read_image
 from ..errors import ConfigError, DataError, MissingFileError, UnreadableFileError
 from ..utils.files import atomic_write
 from ..viz import overlay
@@ -30,15 +30,7 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files named directly (images or videos) and images found (recursively, sorted) in the given folders."""
-    found: list[Path] = []
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            found += list_files(p, lambda name: Path(name).suffix.lower() in IMAGE_SUFFIXES)
-        elif p.is_file():
-            found.append(p)
-        else:
-            raise MissingFileError(f"input not found: {p}{missing_reason(p)}", path=p)
+    found = files_or_folders(inputs)
     if not found:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found

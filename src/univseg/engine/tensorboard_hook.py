@@ -14,11 +14,14 @@ metrics.jsonl does), so its curves hold each iteration once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping
 
 from ..errors import ConfigError
 from ..utils import dist
-from .trainer import Trainer, TrainerHook
+from .hooks import TrainerHook
+
+if TYPE_CHECKING:
+    from .trainer import Trainer
 
 TENSORBOARD_HINT = 'pip install "univseg[tensorboard]"'
 

@@ -27,7 +27,9 @@ from ..utils import dist
 from ..utils.files import atomic_write_json
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import evaluate, results_table, size_groups
+from .hooks import TrainerHook
 from .precision import autocast, resolve_amp
+from .tensorboard_hook import tensorboard_hooks
 from .workdir import WorkDirLock, prepare_work_dir
 
 
@@ -101,26 +103,6 @@ def build_optimizer(cfg, params) -> torch.optim.Optimizer:
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
-class TrainerHook:
-    """Called by the trainer at fixed points of its loop; override what you need (all no-ops here).
-
-    Hooks observe (logging, profiling, stopping a run in a test); they must not change what a
-    run computes.
-    """
-
-    def before_step(self, trainer: "Trainer", iteration: int) -> None:
-        """Before the optimisation step of ``iteration`` (0-based)."""
-
-    def after_step(self, trainer: "Trainer", iteration: int, terms: Mapping[str, float]) -> None:
-        """After the step of ``iteration``, with its loss terms and learning rate."""
-
-    def after_eval(self, trainer: "Trainer", iteration: int, results: Mapping[str, Any]) -> None:
-        """After an evaluation of the model trained for ``iteration`` iterations."""
-
-    def after_run(self, trainer: "Trainer") -> None:
-        """When ``run`` ends, normally or by an exception (a stop, a divergence, an error): release what the hook holds."""
-
-
 class Trainer:
     """Trains the method of a Config and keeps checkpoints, metrics and evaluations in ``work_dir``.
 
@@ -145,7 +127,6 @@ class Trainer:
         self.work_dir = Path(work_dir)
         self.lock = WorkDirLock(self.work_dir)
         self.progress = progress
-        from .tensorboard_hook import tensorboard_hooks  # here: that module imports TrainerHook from this one
 
         self.hooks = [*hooks, *tensorboard_hooks(cfg.train.tensorboard, self.work_dir)]
         self.device = dist.resolve_device(cfg.train.device)
