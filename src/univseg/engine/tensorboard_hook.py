@@ -14,14 +14,11 @@ metrics.jsonl does), so its curves hold each iteration once.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import Any, Literal, Mapping
 
 from ..errors import ConfigError
 from ..utils import dist
 from .hooks import TrainerHook
-
-if TYPE_CHECKING:
-    from .trainer import Trainer
 
 TENSORBOARD_HINT = 'pip install "univseg[tensorboard]"'
 
@@ -61,7 +58,7 @@ class TensorBoardHook(TrainerHook):
         self.log_dir = Path(log_dir)
         self.writer: Any = None
 
-    def _writer(self, trainer: Trainer) -> Any:
+    def _writer(self, trainer: Any) -> Any:
         """The SummaryWriter, opened at the first event; events after the resumed iteration are purged."""
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
@@ -70,14 +67,14 @@ class TensorBoardHook(TrainerHook):
             self.writer = SummaryWriter(str(self.log_dir), purge_step=purge)
         return self.writer
 
-    def after_step(self, trainer: Trainer, iteration: int, terms: Mapping[str, float]) -> None:
+    def after_step(self, trainer: Any, iteration: int, terms: Mapping[str, float]) -> None:
         """``train/<term>`` of the step, at iteration + 1 (iterations done)."""
         if dist.is_main():
             writer = self._writer(trainer)
             for key, value in terms.items():
                 writer.add_scalar(f"train/{key}", value, iteration + 1)
 
-    def after_eval(self, trainer: Trainer, iteration: int, results: Mapping[str, Any]) -> None:
+    def after_eval(self, trainer: Any, iteration: int, results: Mapping[str, Any]) -> None:
         """``eval/mIoU/<domain>`` and ``eval/mean_mIoU`` (domains without a score are left out)."""
         if not dist.is_main():
             return
@@ -88,7 +85,7 @@ class TensorBoardHook(TrainerHook):
         if results["mean_mIoU"] is not None:
             writer.add_scalar("eval/mean_mIoU", results["mean_mIoU"], iteration)
 
-    def after_run(self, trainer: Trainer) -> None:
+    def after_run(self, trainer: Any) -> None:
         """Flush and close the event file."""
         if self.writer is not None:
             self.writer.close()
