@@ -84,3 +84,17 @@ def run_killed_at(trainer, iteration: int) -> None:
     trainer.hooks.append(DieAt(iteration))
     with pytest.raises(Killed):
         trainer.run()
+
+
+def train_tiny_with_cli(root: Path, *overrides: str) -> tuple[Path, Path]:
+    """Train the tiny config through ``univseg train`` in ``root`` (``--set`` overrides); returns (config, work dir)."""
+    import yaml
+
+    from univseg.cli import main
+
+    cfg = root / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(TINY))
+    work = root / "work"
+    sets = [a for o in overrides for a in ("--set", o)]
+    assert main(["train", str(cfg), "--work-dir", str(work), *sets, "--no-progress"]) == 0
+    return cfg, work

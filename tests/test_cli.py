@@ -40,16 +40,9 @@ def test_no_verb_prints_usage_and_fails(capsys):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """One tiny training run through the CLI shared by the eval / predict tests."""
-    import yaml
+    from conftest import train_tiny_with_cli
 
-    from conftest import TINY
-
-    root = tmp_path_factory.mktemp("cli")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    work = root / "work"
-    assert main(["train", str(cfg), "--work-dir", str(work), "--set", "train.iters=4", "--no-progress"]) == 0
-    return cfg, work
+    return train_tiny_with_cli(tmp_path_factory.mktemp("cli"), "train.iters=4")
 
 
 def test_train_writes_checkpoints_and_resume_is_a_no_op_when_finished(trained, capsys):

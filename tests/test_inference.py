@@ -182,16 +182,9 @@ def test_settings_errors_name_the_setting():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny checkpoint trained through the CLI (32x48 synthetic images)."""
-    import yaml
+    from conftest import train_tiny_with_cli
 
-    from conftest import TINY
-
-    root = tmp_path_factory.mktemp("inference")
-    cfg = root / "tiny.yaml"
-    cfg.write_text(yaml.safe_dump(TINY))
-    work = root / "work"
-    args = ["train", str(cfg), "--work-dir", str(work), "--set", "train.iters=2", "--set", "train.eval_interval=0"]
-    assert main(args + ["--no-progress"]) == 0
+    cfg, work = train_tiny_with_cli(tmp_path_factory.mktemp("inference"), "train.iters=2", "train.eval_interval=0")
     return cfg, work / "latest.pt"
 
 
