@@ -264,16 +264,20 @@ RECOVERY_OVERRIDES = [
 ]
 
 
-def test_align_recovers_the_synthetic_fine_to_coarse_mapping(tmp_path):
-    """The generator's true mapping (FINE_TO_COARSE) from 'city' (fine) to 'rural' (coarse), suggested
-    from a briefly trained model. Measured: 6 of 9 classes right after 100 iterations (sky, road,
-    vegetation, pole, car, truck; building -> sky, sidewalk -> vegetation and person -> vehicle are
-    wrong: the city head and the rural head disagree on those pixels after so short a training, and the
-    300-iteration demo model still misses 3 to 5 of them). Asserted: at least 5 of 9 (chance: about 1 of
-    9), and the three largest classes, which every run measured got right."""
+def test_align_recovers_the_synthetic_taxonomy_mapping_both_ways(tmp_path):
+    """The generator's true mappings between the two synthetic taxonomies, suggested from a briefly
+    trained two-head model (100 iterations) whose domains share the city style (different images:
+    seed 1) and differ only in taxonomy: fine -> coarse is FINE_TO_COARSE for all 9 classes, coarse ->
+    fine is COARSE_TO_FINE (ground -> road or sidewalk and vehicle -> car or truck both fit the
+    generator; animal, absent from city scenes, -> ignore). Measured on the demo's own pair (city vs
+    rural style, same budget): 7 of 9 fine -> coarse classes; the misses (building -> sky, sidewalk ->
+    vegetation) are the rural head's calls on city pixels after so short a training, i.e. what that
+    model does, not a fault of the alignment."""
     from univseg.config import load_config, resolve_config_path
+    from univseg.data.synthetic import COARSE_TO_FINE
 
-    cfg = load_config(resolve_config_path("demo"), RECOVERY_OVERRIDES)
+    same_style = ["domains.rural.dataset.style=city", "domains.rural.dataset.seed=1"]
+    cfg = load_config(resolve_config_path("demo"), RECOVERY_OVERRIDES + same_style)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # measured: ~50 s with one thread, 10 min with two on a shared 2-core machine
     try:
@@ -283,8 +287,9 @@ def test_align_recovers_the_synthetic_fine_to_coarse_mapping(tmp_path):
                              "--out", str(out), "--device", "cpu"))
     finally:
         torch.set_num_threads(threads)
-    pair = next(p for p in json.loads((out / "alignment.json").read_text())["pairs"] if p["src"] == "city")
-    suggested = {name: m["target"] for name, m in pair["mapping"].items()}
-    right = sorted(name for name, target in suggested.items() if target == FINE_TO_COARSE[name])
-    assert len(right) >= 5, suggested
-    assert {"sky", "road", "vegetation"} <= set(right), suggested
+    pairs = {p["src"]: {name: m["target"] for name, m in p["mapping"].items()}
+             for p in json.loads((out / "alignment.json").read_text())["pairs"]}
+    assert pairs["city"] == FINE_TO_COARSE
+    either = {"ground": {"road", "sidewalk"}, "vehicle": {"car", "truck"}}
+    for name, target in pairs["rural"].items():
+        assert target in either.get(name, {COARSE_TO_FINE[name]}), (name, target, pairs["rural"])
