@@ -21,7 +21,7 @@ def test_python_m_univseg_is_the_same_program():
 def test_every_verb_has_help(capsys):
     verbs = [[v] for v in build_parser()._subparsers._group_actions[0].choices if v not in ("data", "weights")]
     verbs += [["data", "check"], ["data", "download"], ["weights", "list"], ["weights", "fetch"], ["weights", "verify"]]
-    assert len(verbs) == 14
+    assert len(verbs) == 15
     for verb in verbs:
         with pytest.raises(SystemExit) as e:
             main([*verb, "--help"])

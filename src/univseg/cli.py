@@ -11,6 +11,7 @@ from . import __version__
 from .config import packaged_configs, resolve_config_path
 from .engine.align_options import add_align_arguments
 from .engine.export_options import RUNTIMES, add_export_arguments
+from .engine.report_options import add_report_arguments
 from .engine.tsne_options import add_tsne_arguments
 from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
 
@@ -100,6 +101,12 @@ def cmd_tsne(args: argparse.Namespace) -> int:
     from .engine.tsne import run_tsne
 
     return run_tsne(args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from .engine.report import run_report
+
+    return run_report(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -381,6 +388,12 @@ def build_parser() -> argparse.ArgumentParser:
               "<method>_summary.json, and prints the mean cosine distances of same or mapped vs different classes "
               "per pair of domains.")
     add_tsne_arguments(sp)
+    sp = verb("report", cmd_report, "write one self-contained HTML page about a training run or an experiment",
+              "Training curves, per-domain per-class IoU tables, confusion matrices, the label-space alignment and "
+              "t-SNE plots (shown when 'univseg align' / 'univseg tsne' wrote them beside the checkpoint; --align / "
+              "--tsne compute them) and sample predictions in every label space, in one HTML file with every image "
+              "embedded. For an experiment folder: the comparison table and bar chart first, then one part per run.")
+    add_report_arguments(sp)
     return p
 
 

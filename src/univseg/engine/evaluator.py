@@ -137,7 +137,10 @@ def evaluate(
     """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float}``.
 
     Predictions follow the inference keys of ``eval_cfg`` (mode, crop, stride, flip, scales).
-    mIoU values are fractions in [0, 1]. Domains no head can be mapped to are reported with
+    mIoU values are fractions in [0, 1]. Each scored domain also holds its ``confusion`` matrix (pixel
+    counts as nested lists: rows = ground-truth class, columns = predicted class, plus a last column
+    for predictions a class mapping sends nowhere; see :class:`ConfusionMatrix`), which
+    ``univseg report`` draws. Domains no head can be mapped to are reported with
     ``"skipped"`` and the reason, and left out of the mean; when that is every domain, CheckpointError
     names the heads and the domains (``source``: the checkpoint the model comes from, if any).
     """
@@ -161,7 +164,8 @@ def evaluate(
             cm = evaluate_domain(
                 model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress, inference
             )
-            results[domain.name] = {"head": choice.describe(), **cm.summary(domain.label_space.names)}
+            results[domain.name] = {"head": choice.describe(), **cm.summary(domain.label_space.names),
+                                    "confusion": cm.mat.tolist()}
     finally:
         model.train(was_training)
     scored = [r["mIoU"] for r in results.values() if r.get("mIoU") is not None]
