@@ -191,6 +191,11 @@ def test_every_registered_method_trains_saves_and_restores_its_state(name, tiny_
         tiny_raw["method"]["domains"] = ["city"]
     if name == "adversarial":
         tiny_raw["method"]["adversarial"] = {"ndf": 2, "semi_start": 1}
+    if name == "cycada":  # its frozen source segmenter: a 1-iteration single-city run
+        train({**tiny_raw, "method": {"name": "single", "domains": ["city"]}, "train": {**tiny_raw["train"], "iters": 1}}, tmp_path / "src")
+        tiny_raw["model"]["init_from"] = str(tmp_path / "src" / "latest.pt")
+        tiny_raw["method"].update({"domains": ["rural"], "cycada": {
+            "source": "city", "target": "rural", "pixel_iters": 1, "ngf": 2, "res_blocks": 1, "ndf": 2, "d_layers": 2, "feat_ndf": 2}})
     tiny_raw["train"].update({"iters": 3, "eval_interval": 0})
     trainer = Trainer(validate_config(tiny_raw), tmp_path, progress=False)
     trainer.run()

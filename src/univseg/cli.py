@@ -288,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     config_args(sp)
     sp.add_argument("--out", help="output folder (default: work_dirs/<config>_experiment)")
     sp.add_argument("--methods", nargs="+", metavar="KEY",
-                    help="method keys: single-<domain>, finetune-<A>-to-<B>, joint, univ-cross, univ-full, adversarial "
+                    help="method keys: single-<domain>, finetune-<A>-to-<B>, cycada-<A>-to-<B>, joint, univ-cross, univ-full, adversarial "
                     "(default: experiment.methods of the config, else all)")
     sp.add_argument("--seeds", nargs="+", type=int, help="repeat every method with these seeds (mean ± std)")
 

@@ -76,6 +76,42 @@ class AdversarialConfig(StrictModel):
     betas: tuple[float, float] = Field((0.9, 0.99), description="discriminator Adam betas")
 
 
+class SoulyConfig(StrictModel):
+    """The 'souly' method (Souly, Spampinato, Shah, ICCV 2017): a DCGAN generator per domain and the
+    segmentation network as a (K+1)-way discriminator; defaults follow DCGAN where the paper is silent."""
+
+    lambda_gan: float = Field(
+        1.0, ge=0, description="weight of the GAN terms -log(1 - p_fake) (real pixels) + -log p_fake (generated "
+        "pixels) against the labeled CE (1: the three terms summed with equal weight, Souly et al. Sec. 3.1)"
+    )
+    nz: int = Field(100, ge=1, description="noise dimension; z ~ U(-1, 1)^nz (DCGAN, Radford et al. 2016, Sec. 4: 100)")
+    ngf: int = Field(
+        32, ge=1, description="generator width: its transposed convs have ..., 4ngf, 2ngf, ngf channels "
+        "(DCGAN Fig. 1: 128; smaller here for CPU)"
+    )
+    image_size: int = Field(
+        32, ge=8, description="side of the generated images, 4 * 2^k (DCGAN Fig. 1: 64); they are resized "
+        "(bilinear) to each domain's training crop"
+    )
+    batch_size: Optional[int] = Field(
+        None, ge=1, description="generated images per domain and step on each process (null: as many as the "
+        "domain's unlabeled images in the step, its labeled ones without: Salimans et al. 2016 pair generated "
+        "and unlabeled batches)"
+    )
+    lr: float = Field(
+        2e-4, gt=0, description="Adam learning rate of the generators and fake heads at iteration 0, following "
+        "train.schedule (DCGAN Sec. 4: 0.0002)"
+    )
+    betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the generators and fake heads (DCGAN Sec. 4: beta1 = 0.5)")
+
+    @field_validator("image_size")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v % 4 or (v // 4) & (v // 4 - 1):
+            raise ValueError(f"must be 4 * 2^k (8, 16, 32, 64, ...), got {v}")
+        return v
+
+
 class ConsistencyConfig(StrictModel):
     """Weak-to-strong consistency of 'fixmatch', 'unimatch' and 'univ-match'. Defaults are UniMatch's
     (Yang et al., CVPR 2023, and its code: conf_thresh 0.95, Dropout2d(0.5), loss weights 0.5 / 0.25 / 0.25)."""
@@ -94,11 +130,75 @@ class ConsistencyConfig(StrictModel):
     )
 
 
+class CycadaConfig(StrictModel):
+    """'cycada' (Hoffman et al., "CyCADA: Cycle-Consistent Adversarial Domain Adaptation", ICML 2018): a CycleGAN
+    (Zhu et al., ICCV 2017) with CyCADA's semantic-consistency loss, then the model trained on the translated source
+    images plus output-level adversarial alignment. Defaults: the papers' and their code's, the networks narrowed
+    for CPU where noted."""
+
+    source: Optional[str] = Field(None, description="labeled source domain A; its labels are mapped to the target's classes")
+    target: Optional[str] = Field(
+        None, description="target domain B, the model's one head (method.domains: [B]); its labels are never read"
+    )
+    pixel_iters: int = Field(
+        500, ge=1, description="iterations of the pixel stage (the CycleGAN trains, the model is left alone) before the "
+        "segmentation stage; CyCADA trains the stages one after the other"
+    )
+    downscale: int = Field(
+        2, ge=1, description="the CycleGAN works on images downscaled by this factor (sides rounded to multiples of 4), "
+        "translations are resized back (CyCADA translates GTA5 at reduced resolution; here also for CPU)"
+    )
+    ngf: int = Field(32, ge=1, description="generator width: c7s1-ngf, d2ngf, d4ngf, residual blocks, u2ngf, ungf, c7s1-3 (CycleGAN: 64)")
+    res_blocks: int = Field(3, ge=0, description="residual blocks per generator (CycleGAN: 6 at 128 px, 9 at 256 px)")
+    ndf: int = Field(32, ge=1, description="PatchGAN image discriminator width (CycleGAN: 64)")
+    d_layers: int = Field(3, ge=1, description="stride-2 convs of the PatchGAN image discriminators (CycleGAN: 3, the 70x70 PatchGAN)")
+    lr: float = Field(2e-4, gt=0, description="Adam learning rate of generators and image discriminators at iteration 0 (CycleGAN: 0.0002)")
+    betas: tuple[float, float] = Field((0.5, 0.999), description="their Adam betas (CycleGAN: 0.5, 0.999)")
+    lambda_cycle: float = Field(10.0, ge=0, description="weight of the L1 cycle loss of each direction (CycleGAN: lambda_A = lambda_B = 10)")
+    lambda_identity: float = Field(
+        0.5, ge=0, description="identity loss weight, relative to lambda_cycle (CycleGAN code: 0.5; CyCADA's GTA5 script: 1)"
+    )
+    lambda_sem: float = Field(1.0, ge=0, description="weight of the semantic-consistency loss (CyCADA Eq. 4 and code: 1)")
+    lambda_adv: float = Field(
+        0.1, ge=0, description="weight of the model's output-level adversarial loss on target images (CyCADA code: lambda_g = 0.1)"
+    )
+    feat_ndf: int = Field(64, ge=1, description="width of the output-level discriminator (Hung et al.'s FCN discriminator: 64)")
+    feat_lr: float = Field(1e-4, gt=0, description="its Adam learning rate at iteration 0 (Hung et al. / AdaptSegNet: 1e-4)")
+    feat_betas: tuple[float, float] = Field((0.9, 0.99), description="its Adam betas (Hung et al. / AdaptSegNet: 0.9, 0.99)")
+    samples: int = Field(
+        4, ge=0, description="images per domain in the translation grids written to <work_dir>/translations/ at the end "
+        "of the pixel stage and of training (0: none)"
+    )
+
+    def check(self, domains: list[str], trained: list[str], iters: int, init_from: Optional[Path]) -> None:
+        """Raise ValueError naming the key when the cycada settings do not fit the rest of the config."""
+        for key in ("source", "target"):
+            name = getattr(self, key)
+            if name not in domains:
+                what = "needed" if name is None else f"no domain '{name}'"
+                raise ValueError(f"method.cycada.{key}: {what} with method.name=cycada; domains: {', '.join(domains)}")
+        if self.source == self.target:
+            raise ValueError(f"method.cycada.source: the source must differ from the target ('{self.target}')")
+        if trained != [self.target]:
+            raise ValueError(
+                f"method.domains: cycada trains one head, the target's: set method.domains=[{self.target}] (got {trained})"
+            )
+        if self.pixel_iters >= iters:
+            raise ValueError(
+                f"method.cycada.pixel_iters: {self.pixel_iters} leaves none of train.iters={iters} for the segmentation stage"
+            )
+        if init_from is None:
+            raise ValueError(
+                f"model.init_from: cycada needs the checkpoint of a model trained on the source '{self.source}' "
+                f"(e.g. the single-{self.source} run): it is the frozen segmenter of the semantic-consistency loss"
+            )
+
+
 class MethodConfig(StrictModel):
     """The training method and its loss weights."""
 
     name: str = Field(
-        "univ-full", description="registered method: single | joint | univ-cross | univ-full | adversarial | fixmatch | unimatch | univ-match"
+        "univ-full", description="registered method: single | joint | univ-cross | univ-full | adversarial | souly | fixmatch | unimatch | univ-match | cycada"
     )
     domains: Optional[list[str]] = Field(None, description="domains to train on (default: all; 'single' needs one)")
     lambda_cross: float = Field(0.1, ge=0, description="weight of the cross-domain entropy term (lambda_1)")
@@ -125,9 +225,13 @@ class MethodConfig(StrictModel):
     adversarial: AdversarialConfig = Field(
         default_factory=AdversarialConfig, description="settings of the 'adversarial' method (Hung et al. 2018)"
     )
+    souly: SoulyConfig = Field(
+        default_factory=SoulyConfig, description="settings of the 'souly' method (Souly et al. 2017)"
+    )
     consistency: ConsistencyConfig = Field(
         default_factory=ConsistencyConfig, description="settings of 'fixmatch', 'unimatch' and 'univ-match'"
     )
+    cycada: CycadaConfig = Field(default_factory=CycadaConfig, description="settings of the 'cycada' method (Hoffman et al. 2018)")
 
 
 class OptimizerConfig(StrictModel):
@@ -267,6 +371,12 @@ class Config(StrictModel):
                 raise ValueError(f"method.domains: unknown domain '{n}'; domains: {', '.join(names)}")
         if self.train.sync_bn and self.model.freeze_bn:
             raise ValueError("train.sync_bn and model.freeze_bn exclude each other: frozen BatchNorm has no batch statistics to sync")
+        return self
+
+    @model_validator(mode="after")
+    def _check_cycada(self) -> "Config":
+        if self.method.name == "cycada":
+            self.method.cycada.check([d.name for d in self.domains], self.trained_domains, self.train.iters, self.model.init_from)
         return self
 
     def domain(self, name: str) -> DomainConfig:

@@ -8,9 +8,11 @@ Method keys (the rows):
     univ-cross            + cross-domain entropy alignment
     univ-full             + within-domain entropy alignment
     adversarial           Hung et al. 2018, per domain, in one model
+    souly                 Souly et al. 2017: a generator per domain, the model as (K+1)-way discriminator
     fixmatch              weak-to-strong pseudo-labels per domain (Sohn et al. 2020)
     unimatch              + a second strong view and feature perturbation (Yang et al. 2023)
     univ-match            unimatch + the entropy alignment (ours)
+    cycada-<A>-to-<B>     single-<A>, then CyCADA (Hoffman et al. 2018): CycleGAN A->B, B's head on the translations
 
 run_experiment(): plan_runs() -> refuse run folders made with other settings -> for each seed and
 key: train (resume / skip when finished) ->
@@ -33,7 +35,10 @@ from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from ..methods import METHODS
 
-PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial", "fixmatch", "unimatch", "univ-match")
+PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial", "souly", "fixmatch", "unimatch", "univ-match")
+
+
+KEYED_METHODS = ("single", "cycada")  # registered methods selected through keys with domain names only
 
 
 @dataclass
@@ -56,22 +61,25 @@ def default_methods(cfg: Config) -> list[str]:
 
 
 def method_overrides(key: str, domain_names: list[str]) -> tuple[list[str], str | None]:
-    """Config overrides for a method key and the key it depends on (fine-tuning)."""
+    """Config overrides for a method key and the key it depends on (fine-tuning, cycada)."""
     if key.startswith("single-"):
         d = key[len("single-"):]
         _check_domain(d, domain_names, key)
         return ["method.name=single", f"method.domains=[{d}]"], None
-    m = re.fullmatch(r"finetune-(.+)-to-(.+)", key)
+    m = re.fullmatch(r"(finetune|cycada)-(.+)-to-(.+)", key)
     if m:
-        a, b = m.groups()
+        kind, a, b = m.groups()
         _check_domain(a, domain_names, key)
         _check_domain(b, domain_names, key)
+        if kind == "cycada":
+            cycada = [f"method.cycada.source={a}", f"method.cycada.target={b}"]
+            return ["method.name=cycada", f"method.domains=[{b}]", *cycada], f"single-{a}"
         return ["method.name=single", f"method.domains=[{b}]"], f"single-{a}"
-    if key in METHODS and key != "single":
+    if key in METHODS and key not in KEYED_METHODS:
         return [f"method.name={key}"], None
     raise ConfigError(
-        f"unknown method key '{key}'; use single-<domain>, finetune-<A>-to-<B> or one of: "
-        f"{', '.join(m for m in METHODS.names() if m != 'single')} (domains: {', '.join(domain_names)})"
+        f"unknown method key '{key}'; use single-<domain>, finetune-<A>-to-<B>, cycada-<A>-to-<B> or one of: "
+        f"{', '.join(m for m in METHODS.names() if m not in KEYED_METHODS)} (domains: {', '.join(domain_names)})"
     )
 
 
@@ -190,7 +198,8 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], domain_names: list[
     return rows
 
 
-def _cell(row: dict[str, Any], col: str) -> str | float | None:
+def mean_std_cell(row: dict[str, Any], col: str) -> str | float | None:
+    """A table cell of a summary row: 'mean ± std' over seeds when the row has a std, else the value."""
     if f"{col}_std" in row and row[col] is not None and row[f"{col}_std"] is not None:
         return f"{row[col]:.2f} ± {row[f'{col}_std']:.2f}"
     return row[col]
@@ -199,7 +208,7 @@ def _cell(row: dict[str, Any], col: str) -> str | float | None:
 def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str], cfg: Config) -> None:
     """results.md (table), results.csv, results.json and results.png (bar chart) in ``out``."""
     headers = ["method", *domain_names, "average"]
-    table = markdown_table(headers, [[_cell(r, h) for h in headers] for r in rows])
+    table = markdown_table(headers, [[mean_std_cell(r, h) for h in headers] for r in rows])
     seeds = sorted({s for r in rows for s in r["seeds"]})
     note = (
         f"Config `{cfg.name}`; {cfg.train.iters} iterations per run; seeds {seeds}. mIoU (%) on each domain's "

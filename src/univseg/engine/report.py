@@ -34,7 +34,7 @@ from ..errors import UnivsegError
 from ..utils.files import atomic_write_text
 from ..utils.table import fmt
 from ..viz.html import cell, esc, note, page, section, table
-from .experiment import _cell
+from .experiment import mean_std_cell
 from .report_options import DEFAULT_SAMPLES, REPORT_NAME
 from .report_run import ReportOptions, Toc, is_run, png_figures, read_json, run_sections
 
@@ -75,7 +75,7 @@ def comparison(folder: Path) -> str:
         return note(f"no results.json in {folder} yet (the experiment has not finished)")
     fixed = {"method", "seeds", "average"}
     columns = [k for k in rows[0] if k not in fixed and not k.endswith("_std")] + ["average"]
-    body = [[cell(r["method"], header=True), *(cell(fmt(_cell(r, c)), value=r.get(c)) for c in columns),
+    body = [[cell(r["method"], header=True), *(cell(fmt(mean_std_cell(r, c)), value=r.get(c)) for c in columns),
              cell(", ".join(map(str, r["seeds"])))] for r in rows]
     parts = [table(["method", *columns, "seeds"], body, class_="comparison")]
     md = folder / "results.md"

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import argparse
 
-from .tsne_options import DEFAULT_PER_CLASS, _positive_int
+from .tsne_options import DEFAULT_PER_CLASS, positive_int
 
 #: Val images per domain shown with their predictions in the report of a single run.
 DEFAULT_SAMPLES = 3
@@ -24,7 +24,7 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
                         help="compute the label-space alignment ('univseg align CHECKPOINT --data <run>/config.yaml') "
                         "of every run with two or more heads before the report (else its heatmaps are shown when a "
                         "<checkpoint>_align folder exists)")
-    parser.add_argument("--tsne", nargs="?", type=_positive_int, const=DEFAULT_PER_CLASS, metavar="PER_CLASS",
+    parser.add_argument("--tsne", nargs="?", type=positive_int, const=DEFAULT_PER_CLASS, metavar="PER_CLASS",
                         help="compute the t-SNE of every run ('univseg tsne CHECKPOINT --data <run>/config.yaml "
                         f"--per-class PER_CLASS', default {DEFAULT_PER_CLASS}) before the report (else tsne/*.png beside "
                         "the checkpoint is shown when it exists)")
@@ -33,4 +33,4 @@ def add_report_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _non_negative_int(text: str) -> int:
     """``--samples``: an integer >= 0."""
-    return 0 if text.strip() == "0" else _positive_int(text)
+    return 0 if text.strip() == "0" else positive_int(text)

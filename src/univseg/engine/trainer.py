@@ -15,20 +15,23 @@ from tqdm.auto import tqdm
 
 from ..config import Config, save_config
 from ..data.domain import Domain, build_domains, eval_loader
+from ..data.label_space import LabelSpace
+from ..data.mapping import ClassMapping
 from ..data.sampler import infinite_loader
 from ..errors import (
     CheckpointError, ConfigError, DataError, TrainingDivergedError, TrainingStopped, UnivsegError, WorkDirError,
 )
 from ..losses import class_sums
 from ..losses.centroids import all_reduce_sums
-from ..methods import Method, build_method
+from ..methods import Method, RunContext, build_method
 from ..models.universal import UniversalModel, build_model
 from ..utils import dist
 from ..utils.files import atomic_write_json
 from .checkpoint import Checkpoint, init_from_checkpoint
-from .evaluator import evaluate, results_table, size_groups
+from .evaluator import choose_head, evaluate, results_table, size_groups
 from .hooks import TrainerHook
 from .precision import autocast, resolve_amp
+from .predictor import Predictor
 from .tensorboard_hook import tensorboard_hooks
 from .workdir import WorkDirLock, prepare_work_dir
 
@@ -111,7 +114,10 @@ class Trainer:
     mIoU) -> latest.pt every checkpoint_interval; then a final evaluation, latest.pt,
     eval_results.json and a summary table; last (also after an exception) hooks.after_run.
     step(t): learning rates of every optimizer -> method.before_step(t) -> method.losses ->
-    backward -> model step -> each auxiliary loss of the method -> backward -> its optimizer's step.
+    backward -> model step (both skipped for a loss without a graph, e.g. a method's stage that
+    trains only its auxiliary networks) -> each auxiliary loss of the method -> backward -> its
+    optimizer's step. The method is attached to the run (work dir, budget, class mappings, the
+    model of model.init_from) once before training.
     """
 
     def __init__(
@@ -151,6 +157,7 @@ class Trainer:
                 )
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
+        self.method.attach(RunContext(self.work_dir, cfg.train.iters, self._class_mapping, self._init_model))
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, self.model.parameters())
         }
@@ -177,6 +184,26 @@ class Trainer:
         if dist.world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids, find_unused_parameters=True)
+
+    def _class_mapping(self, src: str, dst: str) -> ClassMapping | None:
+        """The class mapping evaluation would score domain ``src``'s label space on domain ``dst`` with
+        (identity for equal label spaces), None when there is none."""
+        src_space, dst_space = self.domains[src].label_space, self.domains[dst].label_space
+        choice = choose_head({src: src_space}, dst, dst_space, self.cfg.eval.mappings)
+        if choice is None:
+            return None
+        return choice.mapping or ClassMapping.builtin(src_space, dst_space)
+
+    def _init_model(self) -> tuple[torch.nn.Module, Mapping[str, LabelSpace]]:
+        """The model of ``model.init_from``, frozen in eval mode on this run's device, and its label spaces."""
+        path = self.cfg.model.init_from
+        if path is None:
+            raise ConfigError(
+                f"method '{self.cfg.method.name}' needs model.init_from: the checkpoint of the model it starts from",
+                key="model.init_from",
+            )
+        predictor = Predictor.from_checkpoint(path, device=str(self.device), amp="none")
+        return predictor.model.requires_grad_(False), predictor.label_spaces
 
     # ------------------------------------------------------------------ files
     def _claim_work_dir(self, resume: bool, overwrite: bool) -> None:
@@ -288,7 +315,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ data
     def _loaders(self, micro: int = 0) -> dict[str, dict[str, Iterator[dict]]]:
-        """Per-domain loaders of micro-batch ``micro`` of every step on this rank. With
+        """Loaders of the method's data domains for micro-batch ``micro`` of every step on this rank. With
         ``train.accumulate = k`` micro-batch m of rank r is the share of virtual rank r * k + m of
         k * world_size, so the images of a step do not depend on how they are split into
         processes and micro-batches."""
@@ -296,7 +323,7 @@ class Trainer:
         loaders: dict[str, dict[str, Iterator[dict]]] = {}
         order = [d.name for d in self.cfg.domains]
         k = t.accumulate
-        for name in self.trained:
+        for name in self.method.data_domains():
             d = self.domains[name]
             stream = 2 * order.index(name)
             args = dict(
@@ -372,6 +399,7 @@ class Trainer:
         model_opt = self.optimizers[MODEL_OPTIMIZER]
         model_opt.zero_grad(set_to_none=True)
         means: dict[str, float] = {}
+        stepped = False  # a loss without a graph (a constant) leaves the model alone: no backward, no step
         for m, part in enumerate(passes):
             last = m == len(passes) - 1
             with contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync():
@@ -384,14 +412,17 @@ class Trainer:
                         for b, saved in buffers:
                             b.copy_(saved)
                     return {"skipped": 1.0, **{f"nonfinite_{k}": 1.0 for k in nonfinite}, "lr": lrs[MODEL_OPTIMIZER]}
-                self.scaler.scale(terms["loss"] / len(micro)).backward()
+                if terms["loss"].requires_grad:
+                    self.scaler.scale(terms["loss"] / len(micro)).backward()
+                    stepped = True
             for key, value in terms.items():
                 means[key] = means.get(key, 0.0) + float(value.detach()) / len(micro)
-        if self.cfg.train.grad_clip is not None:
-            self.scaler.unscale_(model_opt)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(model_opt)
-        self.scaler.update()
+        if stepped:
+            if self.cfg.train.grad_clip is not None:
+                self.scaler.unscale_(model_opt)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+            self.scaler.step(model_opt)
+            self.scaler.update()
         for name, aux_terms in self.method.auxiliary_losses(iteration).items():
             self._step_auxiliary(name, aux_terms["loss"])
             means.update({k: float(v.detach()) for k, v in aux_terms.items() if k != "loss"})

@@ -17,7 +17,7 @@ def add_tsne_arguments(parser: argparse.ArgumentParser) -> None:
                         help="experiment YAML file or built-in config name whose domains' val images are sampled")
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override a key of --data, e.g. --set domains.city.dataset.root=/data (repeatable)")
-    parser.add_argument("--per-class", type=_positive_int, default=DEFAULT_PER_CLASS, metavar="N",
+    parser.add_argument("--per-class", type=positive_int, default=DEFAULT_PER_CLASS, metavar="N",
                         help=f"pixels sampled per domain and class (all of a class's pixels when it has fewer; "
                         f"default: {DEFAULT_PER_CLASS})")
     parser.add_argument("--seed", type=int, default=0, help="seed of the pixel sample and of the projection (default: 0)")
@@ -28,8 +28,8 @@ def add_tsne_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
 
 
-def _positive_int(text: str) -> int:
-    """``--per-class``: an integer >= 1."""
+def positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (``--per-class``, ``--tsne``)."""
     try:
         value = int(text)
     except ValueError:

@@ -7,9 +7,9 @@ imported here, so ``method.name: <name>`` then selects it and ``univseg experime
 import importlib
 import pkgutil
 
-from .base import METHODS, AuxiliaryOptimizer, CentroidSource, Method, build_method
+from .base import METHODS, AuxiliaryOptimizer, CentroidSource, Method, RunContext, build_method
 
 for _module in sorted(m.name for m in pkgutil.iter_modules(__path__)):
     importlib.import_module(f"{__name__}.{_module}")
 
-__all__ = ["METHODS", "AuxiliaryOptimizer", "CentroidSource", "Method", "build_method"]
+__all__ = ["METHODS", "AuxiliaryOptimizer", "CentroidSource", "Method", "RunContext", "build_method"]

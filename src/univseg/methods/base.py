@@ -9,11 +9,16 @@ Per iteration the trainer calls::
 
     method.before_step(t, centroid_source)          # e.g. compute centroids once warm-up ends
     terms = method.losses(model, batches)           # {'loss': total, other terms...}
-    terms['loss'].backward(); optimizers['model'].step()
+    terms['loss'].backward(); optimizers['model'].step()   # both skipped for a loss without a graph (a constant)
     for name, aux in method.auxiliary_losses(t).items():   # e.g. the discriminators' own loss
         aux['loss'].backward(); optimizers[name].step()
 
-``batches[domain]`` holds ``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
+Before training (and before a resumed run loads the method's state) the trainer calls
+``method.attach(RunContext(...))``: the run's work dir, iteration budget, the class mappings
+evaluation uses and the model of ``model.init_from``, for methods that need more than their heads.
+
+``batches[domain]`` holds, for every domain of ``method.data_domains()`` (default: the heads'),
+``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
 when ``needs_unlabeled`` (and the domain has unlabeled images), ``unlabeled`` [B',3,H,W]. A method
 with ``strong_views = S > 0`` also gets, per unlabeled image, ``strong`` [B',S,3,H,W] (photometric
 strong views of the same crop), ``cutmix`` [B',S,H,W] (bool CutMix boxes) and
@@ -22,12 +27,14 @@ strong views of the same crop), ``cutmix`` [B',S,H,W] (bool CutMix boxes) and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 from torch import nn
 
 from ..data.label_space import LabelSpace
+from ..data.mapping import ClassMapping
 from ..registry import Registry
 
 # (domain name -> (per-class embedding sums [K, D], pixel counts [K])) over a domain's labeled set
@@ -48,6 +55,22 @@ class AuxiliaryOptimizer:
     build: Callable[[list[nn.Parameter]], torch.optim.Optimizer]
 
 
+@dataclass(frozen=True)
+class RunContext:
+    """What the trainer tells a method about its run (:meth:`Method.attach`).
+
+    ``class_mapping(src, dst)``: the mapping evaluation uses to score domain ``src``'s label space on
+    domain ``dst`` (``eval.mappings``, else a built-in one; identity for equal label spaces), None when
+    there is none. ``init_model()``: the model of ``model.init_from`` (eval mode, frozen, on the run's
+    device) and its heads' label spaces; ConfigError when ``model.init_from`` is not set.
+    """
+
+    work_dir: Path
+    iters: int
+    class_mapping: Callable[[str, str], ClassMapping | None]
+    init_model: Callable[[], tuple[nn.Module, Mapping[str, LabelSpace]]]
+
+
 class Method(nn.Module):
     """Base class: what loss one step computes from per-domain batches (see the module doc)."""
 
@@ -59,6 +82,13 @@ class Method(nn.Module):
         self.cfg = cfg
         self.label_spaces = dict(label_spaces)
         self.embed_dim = embed_dim
+
+    def attach(self, run: RunContext) -> None:
+        """Hook once before training, with what the method may need from the run (nothing by default)."""
+
+    def data_domains(self) -> list[str]:
+        """Domains whose batches ``losses`` receives: the heads' by default (a method may read others' data)."""
+        return list(self.label_spaces)
 
     def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
         """Hook before the step of ``iteration``."""
