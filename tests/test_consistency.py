@@ -1,5 +1,6 @@
 """Weak-to-strong consistency methods (fixmatch, unimatch, univ-match): CutMix, masked pseudo-label
 loss, threshold, feature perturbation, training end to end, exact resume, experiment rows."""
+import copy
 import json
 import math
 
@@ -13,7 +14,9 @@ from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.experiment import default_methods, run_experiment
 from univseg.engine.trainer import Trainer
 from univseg.methods import METHODS, build_method
-from univseg.methods.consistency import WeakToStrong, cutmix, masked_pseudo_label_ce
+from univseg.errors import ConfigError
+from univseg.losses import nearest_centroid
+from univseg.methods.consistency import WeakToStrong, agreeing_pseudo_labels, cutmix, masked_pseudo_label_ce
 from univseg.models.universal import UniversalModel
 
 NEW = ["fixmatch", "unimatch", "univ-match"]
@@ -55,7 +58,7 @@ class FixedModel(torch.nn.Module):
         self.logits = torch.nn.Parameter(logits.clone())
         self.fp = None if fp is None else torch.nn.Parameter(fp.clone())
 
-    def forward(self, inputs, embed=False, feature_dropout=0.0):
+    def forward(self, inputs, embed=False, feature_dropout=0.0, all_heads=False):
         out = {"a": self.logits}
         if feature_dropout > 0:
             out["fp"] = self.fp
@@ -183,3 +186,54 @@ def test_new_methods_are_experiment_rows(tiny_raw, tmp_path):
 
 def test_methods_are_registered():
     assert set(NEW) <= set(METHODS.names())
+
+
+# ----------------------------------------------------------------------------- cross-domain pseudo-labels
+
+def test_nearest_centroid_equals_the_argmax_over_valid_centroids_of_the_upsampled_embedding():
+    torch.manual_seed(0)
+    emb = torch.randn(2, 3, 2, 3)
+    centroids = torch.randn(4, 3)
+    valid = torch.tensor([True, False, True, True])
+    up = torch.nn.functional.interpolate(emb, size=(5, 7), mode="bilinear", align_corners=False)
+    for mode in ("dot", "cosine"):
+        e = up if mode == "dot" else torch.nn.functional.normalize(up, dim=1)
+        c = torch.nn.functional.normalize(centroids, dim=1)
+        scores = torch.einsum("bdhw,kd->bkhw", e, c)
+        scores[:, ~valid] = -float("inf")
+        got = nearest_centroid(emb, centroids, valid, (5, 7), mode, "exact")
+        assert torch.equal(got, scores.argmax(1)), mode
+    none = nearest_centroid(emb, centroids, torch.zeros(4, dtype=torch.bool), (5, 7))
+    assert none.shape == (2, 5, 7) and bool((none == -1).all())
+
+
+def test_cross_domain_pseudo_labels_need_confidence_and_the_nearest_centroids_class():
+    # three pixels, two classes: softmax([2, 0])[0] = 0.881, softmax([0, 0.5])[1] = 0.622
+    logits = torch.tensor([[2.0, 2.0, 0.0], [0.0, 0.0, 0.5]]).view(1, 2, 1, 3)
+    nearest = torch.tensor([[[0, 1, 1]]])
+    pseudo, keep = agreeing_pseudo_labels(logits, nearest, threshold=0.8)
+    assert pseudo.tolist() == [[[0, 0, 1]]]
+    assert keep.tolist() == [[[True, False, False]]]  # agrees and 0.881 >= 0.8 | disagrees | 0.622 < 0.8
+    _, keep = agreeing_pseudo_labels(logits, nearest, threshold=0.6)
+    assert keep.tolist() == [[[True, False, True]]]
+
+
+def test_cross_domain_pseudo_labels_train_after_warmup_and_only_for_univ_match(tiny_raw, tmp_path):
+    plain = consistency_raw(copy.deepcopy(tiny_raw), "univ-match")
+    cross = copy.deepcopy(plain)
+    cross["method"]["consistency"]["cross_domain"] = True
+    Trainer(validate_config(plain), tmp_path / "plain", progress=False).run()
+    Trainer(validate_config(cross), tmp_path / "cross", progress=False).run()
+    a = [r for r in records(tmp_path / "plain") if "loss" in r]
+    b = [r for r in records(tmp_path / "cross") if "loss" in r]
+    assert [r["loss"] for r in a[:2]] == [r["loss"] for r in b[:2]]  # warmup_iters=2: no centroids, no cross term
+    after = b[2:]
+    assert all("cross_pl" in r and math.isfinite(r["cross_pl"]) for r in after)
+    kept = [r[k] for r in after for k in ("cross_kept_city_rural", "cross_kept_rural_city")]
+    assert all(0 <= v <= 1 for v in kept) and sum(kept) > 0
+    assert any(r["cross_pl"] > 0 for r in after)
+    assert [r["loss"] for r in a[2:]] != [r["loss"] for r in after]
+    wrong = consistency_raw(copy.deepcopy(tiny_raw), "unimatch")
+    wrong["method"]["consistency"]["cross_domain"] = True
+    with pytest.raises(ConfigError, match="method.consistency.cross_domain"):
+        Trainer(validate_config(wrong), tmp_path / "wrong", progress=False)

@@ -128,6 +128,15 @@ class ConsistencyConfig(StrictModel):
         description="unimatch / univ-match: share of the unlabeled loss taken by the feature-perturbed view; "
         "the strong image views share the rest equally (UniMatch: 0.5, i.e. 0.5 fp + 0.25 + 0.25)",
     )
+    cross_domain: bool = Field(
+        False, description="univ-match only (ours, no paper default): also pseudo-label each domain's unlabeled "
+        "pixels in every other domain's label space, from that domain's head on the weak view where it is confident "
+        "(threshold) and names the class of the nearest of that domain's centroids; CE of that head on the strong views",
+    )
+    cross_domain_weight: float = Field(
+        0.5, ge=0, description="weight of the cross-domain pseudo-label loss, summed over ordered domain pairs "
+        "(ours; 0.5: half the weight of a domain's own unlabeled loss)",
+    )
 
 
 class CycadaConfig(StrictModel):

@@ -87,6 +87,25 @@ def upsampled_similarity(
     return scores / temperature
 
 
+def nearest_centroid(
+    embedding: torch.Tensor,
+    centroids: torch.Tensor,
+    valid: torch.Tensor,
+    size: tuple[int, int],
+    mode: Similarity = "cosine",
+    cosine_upsample: CosineUpsample = "exact",
+) -> torch.Tensor:
+    """[B, H, W] (int64) id of the most similar valid centroid (``valid`` [K] bool) of every pixel of
+    the embedding upsampled to ``size`` (:func:`upsampled_similarity`); -1 everywhere when no
+    centroid is valid."""
+    b = embedding.shape[0]
+    ids = valid.nonzero().squeeze(1)
+    if ids.numel() == 0:
+        return torch.full((b, *size), -1, dtype=torch.long, device=embedding.device)
+    scores = upsampled_similarity(embedding, centroids[valid], tuple(size), mode, 1.0, cosine_upsample)
+    return ids[scores.argmax(1)]
+
+
 def masked_entropy(
     scores: torch.Tensor, valid_classes: torch.Tensor | None = None, pixel_mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -10,7 +10,11 @@ the paper's entropy alignment.
                 (1 - fp_weight) * mean(L_s1, L_s2).
     univ-match  unimatch plus Kalluri et al.'s within- and cross-domain entropy alignment of the
                 weak views' embeddings (``method.lambda_within`` / ``lambda_cross``, after
-                ``method.warmup_iters``).
+                ``method.warmup_iters``). With ``method.consistency.cross_domain`` (ours) each
+                domain's unlabeled pixels are also pseudo-labeled in every other domain j's label
+                space: head j's arg-max on the weak view where its confidence reaches the threshold
+                and it names the class of the nearest of j's centroids; head j's CE on the strong
+                views, weighted by ``cross_domain_weight`` (term ``cross_pl``).
 
 Total loss: sum over domains of CE(labeled) + weight * L_u (+ alignment). UniMatch's code halves
 the whole sum; with AdamW that changes nothing, with SGD it is half the learning rate.
@@ -30,6 +34,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..data.label_space import LabelSpace
+from ..errors import ConfigError
+from ..losses import nearest_centroid
 from .base import METHODS, Batches, Method
 from .universal import UniversalSemiSupervised
 
@@ -58,6 +64,28 @@ def masked_pseudo_label_ce(
     return (loss * keep).sum() / n_valid
 
 
+def agreeing_pseudo_labels(
+    weak_logits: torch.Tensor, nearest: torch.Tensor, threshold: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(pseudo-labels [B,H,W], kept [B,H,W] bool) from one head's weak-view ``weak_logits`` [B,K,H,W]:
+    the arg-max, kept where its softmax probability reaches ``threshold`` and it equals ``nearest``
+    (the class of the nearest centroid in the same label space, [B,H,W])."""
+    conf, pseudo = weak_logits.detach().float().softmax(1).max(1)
+    return pseudo, (conf >= threshold) & (pseudo == nearest)
+
+
+def strong_views_ce(
+    strong_logits: torch.Tensor, pseudo: torch.Tensor, keep: torch.Tensor, valid: torch.Tensor, boxes: torch.Tensor
+) -> torch.Tensor:
+    """Mean over the S strong views (rows of ``strong_logits`` [S*B,K,H,W], view-major) of the masked
+    pseudo-label CE, with the pseudo-labels, kept and valid masks CutMixed by ``boxes`` [B,S,H,W]."""
+    views = strong_logits.split(pseudo.shape[0])
+    return torch.stack([
+        masked_pseudo_label_ce(view, cutmix(pseudo, boxes[:, s]), cutmix(keep, boxes[:, s]), cutmix(valid, boxes[:, s]))
+        for s, view in enumerate(views)
+    ]).mean()
+
+
 class WeakToStrong(UniversalSemiSupervised):
     """Supervised CE, weak-to-strong consistency per domain and optionally the entropy alignment (module doc)."""
 
@@ -77,6 +105,13 @@ class WeakToStrong(UniversalSemiSupervised):
         self.strong_views = strong_views
         self.feature_dropout = feature_dropout
         self.fp_weight = cfg.consistency.fp_weight if feature_dropout > 0 else 0.0
+        self.cross_domain = cfg.consistency.cross_domain
+        if self.cross_domain and not self.aligns:
+            raise ConfigError(
+                f"method.consistency.cross_domain needs the class centroids of 'univ-match'; method '{cfg.name}' has "
+                "none: set method.name=univ-match or method.consistency.cross_domain=false",
+                key="method.consistency.cross_domain",
+            )
 
     def before_step(self, iteration: int, centroid_source) -> None:
         if self.aligns:
@@ -94,7 +129,8 @@ class WeakToStrong(UniversalSemiSupervised):
             strong = b["strong"]  # [B, S, 3, H, W]
             mixed = [cutmix(strong[:, s], b["cutmix"][:, s]) for s in range(strong.shape[1])]
             inputs[d] = [torch.cat([b["image"], b["unlabeled"]]), torch.cat(mixed)]
-        outputs = model(inputs, embed=align, feature_dropout=self.feature_dropout)
+        cross = align and self.cross_domain and len(self.label_spaces) > 1
+        outputs = model(inputs, embed=align, feature_dropout=self.feature_dropout, all_heads=cross)
 
         terms: dict[str, torch.Tensor] = {}
         total = self.supervised(outputs, n_labeled, batches, terms, update_bank=align)
@@ -110,8 +146,45 @@ class WeakToStrong(UniversalSemiSupervised):
         if align:
             rows = {d: slice(n_labeled[d], n_labeled[d] + n_unlabeled[d]) for d in outputs}
             total = total + self.alignment(outputs, rows, batches, terms)
+        if cross:
+            total = total + self.cfg.consistency.cross_domain_weight * self._cross_domain(
+                outputs, n_labeled, n_unlabeled, batches, terms
+            )
         terms["loss"] = total
         return terms
+
+    def _cross_domain(
+        self,
+        outputs: Mapping[str, Mapping[str, torch.Tensor]],
+        n_labeled: Mapping[str, int],
+        n_unlabeled: Mapping[str, int],
+        batches: Batches,
+        terms: dict[str, torch.Tensor],
+    ) -> torch.Tensor:
+        """Sum over ordered pairs i != j of head j's strong-view CE against its agreeing weak-view
+        pseudo-labels on domain i's unlabeled images (terms ``cross_pl``, ``cross_kept_<i>_<j>``)."""
+        losses = []
+        for i, out in outputs.items():
+            n, nu = n_labeled[i], n_unlabeled[i]
+            if nu == 0:
+                continue
+            batch = batches[i]
+            weak_emb = out["embedding"][n:n + nu].detach()
+            size = tuple(batch["unlabeled"].shape[-2:])
+            for j in self.label_spaces:
+                if j == i:
+                    continue
+                with torch.no_grad():
+                    centroids, valid_classes = self.bank.get(j)
+                    nearest = nearest_centroid(
+                        weak_emb, centroids, valid_classes, size, self.cfg.similarity, self.cfg.cosine_upsample
+                    )
+                    pseudo, keep = agreeing_pseudo_labels(out[j][n:n + nu], nearest, self.cfg.consistency.threshold)
+                losses.append(strong_views_ce(out[j][n + nu:], pseudo, keep, batch["unlabeled_valid"], batch["cutmix"]))
+                terms[f"cross_kept_{i}_{j}"] = (keep & batch["unlabeled_valid"]).float().mean()
+        total = torch.stack(losses).sum() if losses else next(iter(outputs.values()))["embedding"].sum() * 0.0
+        terms["cross_pl"] = total.detach()
+        return total
 
     def _consistency(
         self,
@@ -128,15 +201,7 @@ class WeakToStrong(UniversalSemiSupervised):
             conf, pseudo = logits[n:n + nu].detach().float().softmax(1).max(1)
             confident = conf >= self.cfg.consistency.threshold
         valid = batch["unlabeled_valid"]
-        strong_logits = logits[n + nu:].split(nu)
-        boxes = batch["cutmix"]
-        strong_losses = []
-        for s, view_logits in enumerate(strong_logits):
-            box = boxes[:, s]
-            strong_losses.append(
-                masked_pseudo_label_ce(view_logits, cutmix(pseudo, box), cutmix(confident, box), cutmix(valid, box))
-            )
-        strong = torch.stack(strong_losses).mean()
+        strong = strong_views_ce(logits[n + nu:], pseudo, confident, valid, batch["cutmix"])
         terms[f"strong_{domain}"] = strong.detach()
         terms[f"confident_{domain}"] = (confident & valid).float().mean().detach()
         if fp_logits is None or self.fp_weight == 0:

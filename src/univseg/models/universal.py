@@ -133,6 +133,7 @@ class UniversalModel(nn.Module):
         embed: bool = False,
         domain: str | None = None,
         feature_dropout: float = 0.0,
+        all_heads: bool = False,
     ) -> dict:
         """Logits per requested head (default: all) at input size and, if ``embed``, the embedding.
 
@@ -149,10 +150,12 @@ class UniversalModel(nn.Module):
         hooks correct for the shared encoder. With ``feature_dropout = p > 0`` the first batch of
         each domain is also decoded from its encoder features after ``Dropout2d(p)`` (both feature
         levels; UniMatch's feature perturbation, Yang et al. CVPR 2023): its domain's logits on
-        those come back as ``"fp"`` (rows of the first batch only).
+        those come back as ``"fp"`` (rows of the first batch only). With ``all_heads`` every head
+        runs on every domain's images (``{domain: {head: logits, ...}}`` for all heads: predictions
+        of a domain's pixels in the other label spaces).
         """
         if isinstance(x, Mapping):
-            return self._forward_domains(x, embed, feature_dropout)
+            return self._forward_domains(x, embed, feature_dropout, all_heads)
         if feature_dropout > 0:
             raise ValueError("feature_dropout needs the {domain: images} form of the input")
         heads = self.head_names if heads is None else list(heads)
@@ -166,7 +169,11 @@ class UniversalModel(nn.Module):
         return {h: self.decode(self.features(x, h), size, [h])[h] for h in heads}
 
     def _forward_domains(
-        self, inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]], embed: bool, feature_dropout: float = 0.0
+        self,
+        inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
+        embed: bool,
+        feature_dropout: float = 0.0,
+        all_heads: bool = False,
     ) -> dict[str, dict[str, torch.Tensor]]:
         batches = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in inputs.items()}
         groups: dict[tuple, list[str]] = {}
@@ -183,7 +190,7 @@ class UniversalModel(nn.Module):
             rows = [im.shape[0] for im in images]
             perturbed_rows = perturbed.split(rows) if perturbed is not None else [None] * len(names)
             for n, f, fp in zip(names, feats.split(rows), perturbed_rows):
-                pieces[n][k] = self.decode(f, size, [n], embed)
+                pieces[n][k] = self.decode(f, size, self.head_names if all_heads else [n], embed)
                 if fp is not None:
                     pieces[n][k]["fp"] = upsample(self.heads[n](fp), size)
         return {name: _concat_parts(parts) for name, parts in pieces.items()}
