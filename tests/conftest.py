@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import os
 from pathlib import Path
 
@@ -84,6 +85,32 @@ def run_killed_at(trainer, iteration: int) -> None:
     trainer.hooks.append(DieAt(iteration))
     with pytest.raises(Killed):
         trainer.run()
+
+
+def records(work_dir: Path) -> list[dict]:
+    """The lines of a run's metrics.jsonl."""
+    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def assert_same_training_state(full: Path, part: Path, optimizers: tuple[str, ...] = ()) -> None:
+    """Two runs' latest checkpoints hold identical model and method tensors and identical state of
+    the named (auxiliary) optimizers, and their metrics logs list the same iterations."""
+    from univseg.engine.checkpoint import Checkpoint
+
+    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
+    assert a.iteration == b.iteration
+    for k in a.model:
+        assert torch.equal(a.model[k], b.model[k]), k
+    assert a.method.keys() == b.method.keys()
+    for k in a.method:
+        assert torch.equal(a.method[k], b.method[k]), k
+    for name in optimizers:
+        sa, sb = a.optimizers[name]["state"], b.optimizers[name]["state"]
+        assert sa and sa.keys() == sb.keys(), name
+        for i in sa:
+            for key, value in sa[i].items():
+                assert torch.equal(torch.as_tensor(value), torch.as_tensor(sb[i][key])), (name, i, key)
+    assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]
 
 
 def train_tiny_with_cli(root: Path, *overrides: str) -> tuple[Path, Path]:

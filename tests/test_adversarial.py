@@ -1,13 +1,12 @@
 """The 'adversarial' baseline (Hung et al., BMVC 2018): discriminator, losses, training, exact resume."""
 import copy
-import json
 import math
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import TINY, run_killed_at
+from conftest import assert_same_training_state, records, run_killed_at, TINY
 from univseg.config import validate_config
 from univseg.methods.adversarial import AdversarialSemiSupervised, Discriminator, masked_bce, semi_loss
 from univseg.engine.checkpoint import Checkpoint
@@ -37,10 +36,6 @@ def adv_raw(tiny_raw, **adversarial):
 
 def make_trainer(raw, work_dir, resume=False):
     return Trainer(validate_config(raw), work_dir, resume=resume, progress=False)
-
-
-def records(work_dir):
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 class FixedD(nn.Module):
@@ -228,13 +223,7 @@ def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(ful
     assert Checkpoint.load(part / "latest.pt").iteration == 3
     make_trainer(raw, part, resume=True).run()
 
-    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
-    assert a.iteration == b.iteration == 6
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
+    a = Checkpoint.load(full / "latest.pt")
+    assert a.iteration == 6
     assert any(k.startswith("discriminators.rural.") for k in a.method)
-    for k, v in a.method.items():
-        assert torch.equal(v, b.method[k]), k
-    sa, sb = a.optimizers["discriminators"]["state"], b.optimizers["discriminators"]["state"]
-    assert sa.keys() == sb.keys() and all(torch.equal(sa[i]["exp_avg_sq"], sb[i]["exp_avg_sq"]) for i in sa)
-    assert [r["iter"] for r in records(part)] == [r["iter"] for r in records(full)]
+    assert_same_training_state(full, part, optimizers=("discriminators",))

@@ -1,16 +1,14 @@
 """Weak-to-strong consistency methods (fixmatch, unimatch, univ-match): CutMix, masked pseudo-label
 loss, threshold, feature perturbation, training end to end, exact resume, experiment rows."""
 import copy
-import json
 import math
 
 import pytest
 import torch
 
-from conftest import run_killed_at
+from conftest import assert_same_training_state, records, run_killed_at
 from univseg.config import validate_config
 from univseg.data.label_space import LabelSpace
-from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.experiment import default_methods, run_experiment
 from univseg.engine.trainer import Trainer
 from univseg.methods import METHODS, build_method
@@ -142,10 +140,6 @@ def consistency_raw(tiny_raw, name):
     return tiny_raw
 
 
-def records(work_dir):
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
-
-
 @pytest.mark.parametrize("name", NEW)
 def test_new_methods_train_with_finite_moving_terms_and_resume_exactly(name, tiny_raw, tmp_path):
     raw = consistency_raw(tiny_raw, name)
@@ -162,11 +156,7 @@ def test_new_methods_train_with_finite_moving_terms_and_resume_exactly(name, tin
 
     run_killed_at(Trainer(validate_config(raw), part, progress=False), 4)
     Trainer(validate_config(raw), part, resume=True, progress=False).run()
-    a, b = Checkpoint.load(full / "latest.pt"), Checkpoint.load(part / "latest.pt")
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-    for k in a.method:
-        assert torch.equal(a.method[k], b.method[k]), k
+    assert_same_training_state(full, part)
 
 
 def test_new_methods_are_experiment_rows(tiny_raw, tmp_path):

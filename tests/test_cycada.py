@@ -1,7 +1,6 @@
 """'cycada' (Hoffman et al., ICML 2018): CycleGAN pieces, semantic consistency by hand, label mapping,
 config validation, both training stages, exact resume, translation grids and the experiment row."""
 import copy
-import json
 import math
 from pathlib import Path
 
@@ -10,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import TINY, run_killed_at
+from conftest import assert_same_training_state, records, run_killed_at, TINY
 from univseg.config import validate_config
 from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.experiment import method_overrides, plan_runs, run_experiment
@@ -39,10 +38,6 @@ def cycada_raw(raw: dict, ckpt: Path, **cycada) -> dict:
     raw["model"]["init_from"] = str(ckpt)
     raw["train"].update({"iters": 4, "eval_interval": 0, "checkpoint_interval": 1})
     return raw
-
-
-def records(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def attached(raw: dict, ckpt: Path, tmp_path: Path) -> Cycada:
@@ -210,15 +205,7 @@ def test_resume_after_kill_equals_uninterrupted_run(full_run, source_ckpt, tiny_
     at1 = Checkpoint.load(tmp_path / "latest.pt")
     assert at1.iteration == 1 and all(torch.equal(before["model"][k], v) for k, v in at1.model.items())
     Trainer(validate_config(raw), tmp_path, resume=True, progress=False).run()
-    a, b = Checkpoint.load(work / "latest.pt"), Checkpoint.load(tmp_path / "latest.pt")
-    for k in a.model:
-        assert torch.equal(a.model[k], b.model[k]), k
-    for k in a.method:
-        assert torch.equal(a.method[k], b.method[k]), k
-    for name in ("generators", "image_discriminators", "feature_discriminator"):
-        sa, sb = a.optimizers[name]["state"], b.optimizers[name]["state"]
-        assert sa.keys() == sb.keys() and sa and all(torch.equal(sa[i]["exp_avg"], sb[i]["exp_avg"]) for i in sa)
-    assert [r["iter"] for r in records(tmp_path)] == [r["iter"] for r in records(work)]
+    assert_same_training_state(work, tmp_path, optimizers=("generators", "image_discriminators", "feature_discriminator"))
 
 
 def test_cycada_is_an_experiment_row_after_its_source_run(tiny_raw, tmp_path):

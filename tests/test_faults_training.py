@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 
+from conftest import records
 from univseg.cli import main
 from univseg.config import validate_config
 from univseg.engine.checkpoint import Checkpoint
@@ -17,10 +18,6 @@ from univseg.engine.trainer import Trainer
 from univseg.errors import EXIT_STOPPED, TrainingDivergedError, WorkDirError
 from univseg.methods import METHODS
 from univseg.methods.universal import UniversalSemiSupervised
-
-
-def records(work_dir):
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def write_cfg(raw, tmp_path, name="tiny.yaml"):

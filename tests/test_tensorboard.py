@@ -1,12 +1,11 @@
 """TensorBoard scalars during training: the values of metrics.jsonl, rank 0, train.tensorboard auto|true|false."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_killed_at
+from conftest import records, run_killed_at
 
 pytest.importorskip("tensorboard")
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -17,10 +16,6 @@ from univseg.engine.checkpoint import Checkpoint  # noqa: E402
 from univseg.engine.tensorboard_hook import TensorBoardHook  # noqa: E402
 from univseg.engine.trainer import Trainer  # noqa: E402
 from univseg.errors import ConfigError  # noqa: E402
-
-
-def records(work_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (work_dir / "metrics.jsonl").read_text().splitlines()]
 
 
 def scalars(work_dir: Path) -> dict[str, dict[int, float]]:
