@@ -227,3 +227,27 @@ def test_resume_after_kill_equals_uninterrupted_run_including_discriminators(ful
     assert a.iteration == 6
     assert any(k.startswith("discriminators.rural.") for k in a.method)
     assert_same_training_state(full, part, optimizers=("discriminators",))
+
+
+class RecordsAutocast(AdversarialSemiSupervised):
+    """'adversarial', recording whether its auxiliary losses are computed under CPU autocast, and its dtype."""
+
+    seen: list = []
+
+    def auxiliary_losses(self, iteration):
+        RecordsAutocast.seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu")))
+        return super().auxiliary_losses(iteration)
+
+
+@pytest.mark.parametrize("amp, expected", [("bf16", (True, torch.bfloat16)), ("none", (False, None))])
+def test_auxiliary_losses_run_under_the_models_bf16_autocast(amp, expected, tiny_raw, tmp_path):
+    raw = adv_raw(tiny_raw)
+    raw["method"]["name"] = "records-autocast"
+    raw["train"].update({"iters": 1, "eval_interval": 0, "amp": amp})
+    RecordsAutocast.seen = []
+    with METHODS.temporary("records-autocast", RecordsAutocast):
+        Trainer(validate_config(raw), tmp_path / "w", progress=False).run()
+    enabled, dtype = RecordsAutocast.seen[0]
+    assert enabled == expected[0]
+    if enabled:
+        assert dtype == expected[1]

@@ -115,8 +115,9 @@ class Trainer:
     eval_results.json and a summary table; last (also after an exception) hooks.after_run.
     step(t): learning rates of every optimizer -> method.before_step(t) -> method.losses ->
     backward -> model step (both skipped for a loss without a graph, e.g. a method's stage that
-    trains only its auxiliary networks) -> each auxiliary loss of the method -> backward -> its
-    optimizer's step. The method is attached to the run (work dir, budget, class mappings, the
+    trains only its auxiliary networks) -> the method's auxiliary losses (under the model's autocast
+    when it is bf16; fp32 otherwise, as fp16 would need a gradient scaler per optimizer) -> for each:
+    backward -> its optimizer's step. The method is attached to the run (work dir, budget, class mappings, the
     model of model.init_from) once before training.
     """
 
@@ -423,7 +424,9 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
             self.scaler.step(model_opt)
             self.scaler.update()
-        for name, aux_terms in self.method.auxiliary_losses(iteration).items():
+        with autocast(self.device, self.amp if self.amp == "bf16" else "none"):  # fp16 would need a scaler of its own
+            auxiliary = self.method.auxiliary_losses(iteration)
+        for name, aux_terms in auxiliary.items():
             self._step_auxiliary(name, aux_terms["loss"])
             means.update({k: float(v.detach()) for k, v in aux_terms.items() if k != "loss"})
         return means | {"lr": lrs[MODEL_OPTIMIZER]}
