@@ -4,6 +4,9 @@ from __future__ import annotations
 import copy
 import json
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,3 +128,28 @@ def train_tiny_with_cli(root: Path, *overrides: str) -> tuple[Path, Path]:
     sets = [a for o in overrides for a in ("--set", o)]
     assert main(["train", str(cfg), "--work-dir", str(work), *sets, "--no-progress"]) == 0
     return cfg, work
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_train_cmd(cfg: Path, work: Path, nproc: int = 2) -> list[str]:
+    """``torchrun`` (``python -m torch.distributed.run``) of ``univseg train cfg`` in ``nproc`` local processes."""
+    return [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+        "-m", "univseg", "train", str(cfg), "--work-dir", str(work), "--no-progress",
+    ]
+
+
+def torchrun_train(cfg: Path, work: Path, nproc: int = 2) -> subprocess.CompletedProcess:
+    """Run :func:`torchrun_train_cmd` to the end (one thread per process) and assert it succeeded."""
+    proc = subprocess.run(
+        torchrun_train_cmd(cfg, work, nproc), capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc

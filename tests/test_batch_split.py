@@ -17,15 +17,12 @@ Sources of difference, and how these tests remove or bound them:
 """
 import copy
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
-from test_distributed import free_port
+from conftest import torchrun_train
 from univseg.config import validate_config
 from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.trainer import Trainer
@@ -74,13 +71,7 @@ def test_two_processes_with_batch_b_equal_one_process_with_batch_2b(tiny_raw, tm
     one = train(raw(tiny_raw, method, batch=4, centroids=centroids), tmp_path / "one")
     cfg = tmp_path / "two.yaml"
     cfg.write_text(yaml.safe_dump(raw(tiny_raw, method, batch=2, centroids=centroids, backward=backward)))
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "univseg", "train", str(cfg), "--work-dir", str(tmp_path / "two"), "--no-progress",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    torchrun_train(cfg, tmp_path / "two")
     two = Checkpoint.load(tmp_path / "two" / "latest.pt")
     assert two.data["world_size"] == 2 and one.data["world_size"] == 1
     start = initial_state(raw(tiny_raw, method, batch=4, centroids=centroids), tmp_path / "init")

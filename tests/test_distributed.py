@@ -1,21 +1,12 @@
 """Real torch.distributed: two CPU processes (gloo) launched by torchrun train one model."""
 import json
-import os
-import socket
-import subprocess
-import sys
 
 import pytest
 import torch
 import yaml
 
+from conftest import free_port, torchrun_train
 from univseg.engine.checkpoint import Checkpoint
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -31,14 +22,7 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled
     cfg = tmp_path / "tiny.yaml"
     cfg.write_text(yaml.safe_dump(tiny_raw))
     work = tmp_path / "work"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2",
-        f"--master_addr=127.0.0.1", f"--master_port={free_port()}",
-        "-m", "univseg", "train", str(cfg), "--work-dir", str(work), "--no-progress",
-    ]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = torchrun_train(cfg, work)
     ckpt = Checkpoint.load(work / "latest.pt")
     assert ckpt.iteration == 4 and ckpt.data["world_size"] == 2
     assert not any(k.startswith("module.") for k in ckpt.model)  # the unwrapped model is saved
@@ -114,3 +98,55 @@ def test_ema_centroids_are_identical_across_ranks_and_equal_one_process_over_the
     assert bool(r0["domains.a.valid"].all())
     # the update did move the centroids away from the initial means
     assert not torch.allclose(r0["domains.a.centroids"][0], (s0 + s1)[0] / 3)
+
+
+def _train_rank(rank: int, world: int, port: int, raw: dict, work: str) -> None:
+    """One torchrun-like rank: the trainer joins the process group from the environment, trains, and this
+    rank's model and method (auxiliary networks) are saved to ``work/rank<rank>.pt``."""
+    import os
+
+    from univseg.config import validate_config
+    from univseg.engine.trainer import Trainer
+    from univseg.utils import dist
+
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    try:
+        trainer = Trainer(validate_config(raw), f"{work}/run", progress=False)
+        trainer.run()
+        torch.save({"model": trainer.model.state_dict(), "method": trainer.method.state_dict()}, f"{work}/rank{rank}.pt")
+    finally:
+        dist.cleanup_distributed()
+
+
+@pytest.mark.parametrize("method", ["adversarial", "souly", "cycada"])
+def test_auxiliary_networks_stay_identical_across_ranks(tiny_raw, tmp_path, method):
+    """Two processes see different images; the discriminators / generators of the method get their
+    gradients averaged over the ranks, so after training every rank holds the same networks (and model
+    weights)."""
+    import copy
+
+    from test_cycada import cycada_raw
+    from univseg.config import validate_config
+    from univseg.engine.trainer import Trainer
+
+    tiny_raw["train"].update({"iters": 4, "eval_interval": 0, "checkpoint_interval": 4})
+    if method == "cycada":  # the pixel stage (iterations 1-2) then the segmentation stage (3-4)
+        source = copy.deepcopy(tiny_raw)
+        source["method"] = {"name": "single", "domains": ["city"]}
+        source["train"]["iters"] = 1
+        Trainer(validate_config(source), tmp_path / "source", progress=False).run()
+        raw = cycada_raw(tiny_raw, tmp_path / "source" / "latest.pt")
+        raw["train"]["checkpoint_interval"] = 4
+    else:
+        raw = {**tiny_raw, "method": {"name": method, **({"souly": {"nz": 8, "ngf": 4, "image_size": 16}} if method == "souly" else {})}}
+    initial = Trainer(validate_config(raw), tmp_path / "init", progress=False).method.state_dict()
+    torch.multiprocessing.spawn(_train_rank, args=(2, free_port(), raw, str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert initial.keys() == r0["method"].keys() and len(initial) > 0
+    for k, v in r0["method"].items():
+        assert torch.equal(v, r1["method"][k]), k
+    assert any(not torch.equal(v, initial[k]) for k, v in r0["method"].items())  # the networks did train
+    weights = [k for k in r0["model"] if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    for k in weights:  # BatchNorm running statistics are each rank's own (no SyncBatchNorm)
+        assert torch.equal(r0["model"][k], r1["model"][k]), k

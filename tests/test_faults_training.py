@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import records
+from conftest import records, torchrun_train_cmd
 from univseg.cli import main
 from univseg.config import validate_config
 from univseg.engine.checkpoint import Checkpoint
@@ -183,16 +183,9 @@ def test_non_finite_losses_in_a_row_stop_the_run_and_keep_the_last_good_checkpoi
 def test_sigterm_to_one_torchrun_process_stops_every_rank_at_the_same_iteration(tiny_raw, tmp_path):
     """SIGTERM reaches only rank 1: the ranks agree (a flag reduced over processes each step), rank 0
     writes latest.pt at that iteration and both exit with the stop status."""
-    import socket
-
     tiny_raw["train"].update({"iters": 200, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1})
     cfg, work = write_cfg(tiny_raw, tmp_path), tmp_path / "work"
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc_per_node=2", "--master_addr=127.0.0.1",
-           f"--master_port={port}", "-m", "univseg", "train", str(cfg), "--work-dir", str(work), "--no-progress"]
-    proc = subprocess.Popen(cmd, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(torchrun_train_cmd(cfg, work), env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for_iteration(work, 3)
     workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     ranks = {}
