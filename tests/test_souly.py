@@ -117,9 +117,10 @@ def test_generator_is_dcgan_shaped_and_images_are_on_the_input_scale(size):
     assert isinstance(g.net[-1], nn.Tanh)
 
 
-def test_generator_step_trains_generators_and_fake_heads_but_leaves_the_model_alone(tiny_raw, tmp_path):
+@pytest.mark.parametrize("generator_loss", ["feature_matching", "fool"])
+def test_generator_step_trains_generators_and_fake_heads_but_leaves_the_model_alone(tiny_raw, tmp_path, generator_loss):
     tiny_raw["model"]["norm"] = "domain"  # per-domain BatchNorm: each domain's passes use its own statistics
-    t = make_trainer(souly_raw(tiny_raw), tmp_path)
+    t = make_trainer(souly_raw(tiny_raw, generator_loss=generator_loss), tmp_path)
     assert set(t.optimizers) == {"model", "fake_heads", "generators"}
     images = t.method.generate("city", 3, (32, 48))
     assert images.shape == (3, 3, 32, 48) and images.min() >= 0 and images.max() <= 255
@@ -143,6 +144,28 @@ def test_generator_step_trains_generators_and_fake_heads_but_leaves_the_model_al
     for k, v in t.method.state_dict().items():
         assert not torch.equal(v, method_before[k]), k
     assert t.method.auxiliary_losses(1) == {}  # the stash is used once
+
+
+@pytest.mark.parametrize("generator_loss", ["feature_matching", "fool"])
+def test_generator_loss_by_the_formula(tiny_raw, tmp_path, generator_loss):
+    """L_G against the module doc's formulas, from the model run directly on the same real and generated images."""
+    t = make_trainer(souly_raw(tiny_raw, generator_loss=generator_loss), tmp_path)
+    real = t._next_batches(t._loaders())["rural"]["unlabeled"]
+    torch.manual_seed(3)
+    loss = t.method.generator_loss(t.model, "rural", real, 2)
+    torch.manual_seed(3)
+    fakes = t.method.generate("rural", 2, tuple(real.shape[-2:]))
+    with torch.no_grad():
+        out = t.model(torch.cat([real, fakes]), heads=["rural"], embed=True, domain="rural")
+    emb = out["embedding"]
+    if generator_loss == "feature_matching":
+        expected = ((emb[:2].mean((0, 2, 3)) - emb[2:].mean((0, 2, 3))) ** 2).sum() / emb.shape[1]
+    else:
+        logits = out["rural"][2:]
+        f = nn.functional.interpolate(t.method.fake_heads["rural"](emb[2:]), size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        p = torch.cat([logits, f], 1).softmax(1)[:, -1]
+        expected = -torch.log(1 - p).mean()
+    assert real.shape[0] == 2 and loss.item() == pytest.approx(expected.item(), rel=1e-4)
 
 
 @pytest.fixture(scope="module")

@@ -103,6 +103,12 @@ class SoulyConfig(StrictModel):
         "train.schedule (DCGAN Sec. 4: 0.0002)"
     )
     betas: tuple[float, float] = Field((0.5, 0.999), description="Adam betas of the generators and fake heads (DCGAN Sec. 4: beta1 = 0.5)")
+    generator_loss: Literal["feature_matching", "fool"] = Field(
+        "feature_matching", description="how a generator learns to fool the segmentation network: "
+        "feature_matching = squared distance between the mean embeddings of real and generated images (Salimans "
+        "et al. 2016, Sec. 3.1, whose K+1 scheme Souly et al. follow); fool = -log(1 - p_fake) on the generated "
+        "pixels (the non-saturating GAN generator loss, Goodfellow et al. 2014, Sec. 3)"
+    )
 
     @field_validator("image_size")
     @classmethod

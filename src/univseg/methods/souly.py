@@ -11,9 +11,16 @@ step and domain (Souly et al. Sec. 3.1, after Salimans et al., NeurIPS 2016, Sec
     L_ce   = CE over the K classes on labeled pixels (Salimans' -log p(y | x, y < K+1): f plays no part)
     L_real = -log(1 - p_fake) over real pixels (labeled, except ignore pixels, and unlabeled)
     L_fake = -log p_fake over the pixels of generated images G_k(z), z ~ U(-1, 1)^nz
-    L_G    = || mean f_E(x_real) - mean f_E(G_k(z')) ||^2 / D   (feature matching, Salimans Sec. 3.1,
-             as Souly et al. train the generator; f_E: the D-channel embedding averaged over images
-             and pixels; x_real: the step's unlabeled images, its labeled ones without unlabeled)
+    L_G    = || mean f_E(x_real) - mean f_E(G_k(z')) ||^2 / D   (souly.generator_loss: feature_matching,
+             the default: Salimans Sec. 3.1, whose K+1 scheme Souly et al. follow; f_E: the D-channel
+             embedding averaged over images and pixels; x_real: the step's unlabeled images, its
+             labeled ones without unlabeled)
+    L_G    = -log(1 - p_fake) over the pixels of G_k(z')        (souly.generator_loss: fool, the
+             non-saturating generator loss of Goodfellow et al. 2014, Sec. 3)
+
+The two readings of "the generator is trained to fool the discriminator" are both offered because
+this module was written from the papers' descriptions without Souly et al.'s code; both train the
+generator only.
 
 ``losses`` puts the generated images (no gradient to G) into the one model call, after the domain's
 unlabeled images, with the fake heads frozen: the model learns from L_seg, the fake heads not. After
@@ -24,8 +31,8 @@ the model's step the trainer runs two auxiliary steps, each with its own Adam op
                  logits: the gradient the fake heads would have had in the model's backward (in
                  float32; the trainer zeroes an auxiliary optimizer's gradients before its
                  backward, so they could not be collected there).
-    generators   L_G on fresh noise z' against the model after its step (DCGAN's alternation), the
-                 model run through ``torch.func.functional_call`` on detached copies of its
+    generators   L_G on fresh noise z' against the model after its step (DCGAN's alternation) and
+                 the fake heads as they were in it (a copy: their own step runs first), the model run through ``torch.func.functional_call`` on detached copies of its
                  parameters and buffers: the generator loss has no path to the model's weights
                  (no gradient, under DDP no gradient hook) and leaves its BatchNorm statistics as they were.
 
@@ -103,7 +110,7 @@ class SoulyGAN(Method):
 
     Logged terms: ``ce_<domain>``, ``sup`` (sum of the CEs), ``real`` and ``fake`` (sums over domains of
     L_real and L_fake), ``gan`` (their weighted contribution, so ``loss = sup + gan``) and, from
-    ``auxiliary_losses``, ``g_loss`` (sum over domains of the feature-matching loss).
+    ``auxiliary_losses``, ``g_loss`` (sum over domains of the generator loss L_G).
     """
 
     needs_unlabeled = True
@@ -174,18 +181,27 @@ class SoulyGAN(Method):
         return self.scfg.lambda_gan * (real + fake)
 
     def generator_loss(self, model: nn.Module, domain: str, real_images: torch.Tensor, n_fake: int) -> torch.Tensor:
-        """Feature matching (Salimans et al. 2016, Sec. 3.1) of ``n_fake`` new images of ``domain``'s generator
-        against ``real_images``: squared distance of the embedding's mean over images and pixels, averaged
-        over channels; one pass over both (shared BatchNorm batch statistics, as in the model's step).
+        """L_G of ``n_fake`` new images of ``domain``'s generator (``souly.generator_loss``, module doc), from
+        one pass over ``real_images`` and the generated ones together (shared BatchNorm batch statistics,
+        as in the model's step).
 
-        ``model`` (the UniversalModel) runs on detached copies of its parameters and buffers: the loss
-        has a path to the generator only and the model's state is left as it was.
+        ``model`` (the UniversalModel) runs on detached copies of its parameters and buffers and the fake
+        head on a detached copy of its weights: the loss has a path to the generator only and the model's state is
+        left as it was.
         """
         fakes = self.generate(domain, n_fake, tuple(real_images.shape[-2:])).to(real_images.dtype)
+        fool = self.scfg.generator_loss == "fool"
         state = {n: p.detach() for n, p in model.named_parameters()} | {n: b.clone() for n, b in model.named_buffers()}
-        emb = functional_call(model, state, (torch.cat([real_images, fakes]),), {"heads": [], "embed": True, "domain": domain})["embedding"]
-        real_f, fake_f = emb.float().split([real_images.shape[0], n_fake])
-        return (real_f.mean((0, 2, 3)) - fake_f.mean((0, 2, 3))).pow(2).mean()
+        out = functional_call(
+            model, state, (torch.cat([real_images, fakes]),), {"heads": [domain] if fool else [], "embed": True, "domain": domain}
+        )
+        real_f, fake_f = out["embedding"].float().split([real_images.shape[0], n_fake])
+        if not fool:
+            return (real_f.mean((0, 2, 3)) - fake_f.mean((0, 2, 3))).pow(2).mean()
+        head = self.fake_heads[domain]
+        logits = out[domain][real_images.shape[0]:].float()
+        fake_logit = upsample(nn.functional.conv2d(fake_f, head.weight.detach().clone(), head.bias.detach().clone()), tuple(logits.shape[-2:]))
+        return masked_bce(fake_logit - logits.logsumexp(1, keepdim=True), 0.0)
 
     def auxiliary_losses(self, iteration: int) -> dict[str, dict[str, torch.Tensor]]:
         if not self._stash:
