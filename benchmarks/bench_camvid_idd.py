@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -29,6 +30,7 @@ import torch
 
 from univseg.config import resolve_config_path
 from univseg.engine.experiment import run_experiment
+from univseg.errors import EXIT_STOPPED, TrainingStopped, UnivsegError
 
 METHODS = ["single-camvid", "single-idd", "finetune-camvid-to-idd", "joint", "univ-cross", "univ-full", "adversarial"]
 
@@ -83,10 +85,14 @@ def main() -> None:
     args = p.parse_args()
     tic = time.perf_counter()
     config, overrides = SETTINGS[args.setting]
-    rows = run_experiment(
-        resolve_config_path(config), Path(args.out), methods=args.methods, seeds=args.seeds,
-        overrides=overrides(Path(args.data), args.iters) + args.set, progress=False,
-    )
+    try:
+        rows = run_experiment(
+            resolve_config_path(config), Path(args.out), methods=args.methods, seeds=args.seeds,
+            overrides=overrides(Path(args.data), args.iters) + args.set, progress=False,
+        )
+    except UnivsegError as e:  # a stop on request or bad input: the message, as the command line prints it
+        print(f"bench_camvid_idd: {e}", file=sys.stderr)
+        raise SystemExit(EXIT_STOPPED if isinstance(e, TrainingStopped) else 2) from None
     minutes = (time.perf_counter() - tic) / 60
     info = {
         "setting": args.setting, "minutes": round(minutes, 1), "iters": args.iters, "seeds": args.seeds, "cpu": platform.processor() or platform.machine(),

@@ -117,6 +117,18 @@ def test_user_errors_exit_2_with_a_message(trained, tmp_path, capsys):
     assert "input not found" in capsys.readouterr().err
 
 
+def test_experiment_help_names_every_registered_method(capsys):
+    from univseg.engine.experiment_options import KEYED_METHODS, PLAIN_METHODS
+    from univseg.methods import METHODS
+
+    assert set(METHODS.names()) == set(PLAIN_METHODS) | set(KEYED_METHODS)
+    with pytest.raises(SystemExit):
+        main(["experiment", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for key in (*PLAIN_METHODS, "single-<domain>", "finetune-<A>-to-<B>", "cycada-<A>-to-<B>"):
+        assert key in text, key
+
+
 def test_experiment_writes_table_and_skips_finished_runs(tiny_yaml, tmp_path, capsys):
     out = tmp_path / "exp"
     args = ["experiment", str(tiny_yaml), "--out", str(out), "--methods", "single-city", "finetune-city-to-rural", "joint",

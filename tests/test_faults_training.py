@@ -120,6 +120,25 @@ def test_sigterm_checkpoints_the_current_iteration_and_resume_equals_an_uninterr
         assert torch.equal(a.model[k], b.model[k]), k
 
 
+def test_sigterm_to_an_experiment_says_to_rerun_it_and_the_rerun_resumes(tiny_raw, tmp_path):
+    """``univseg experiment`` resumes by being run again (it has no --resume): its stop message says so."""
+    tiny_raw["train"].update({"iters": 40, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1})
+    cfg, out = write_cfg(tiny_raw, tmp_path), tmp_path / "exp"
+    cmd = [sys.executable, "-m", "univseg", "experiment", str(cfg), "--out", str(out), "--methods", "joint", "--no-progress"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_iteration(out / "runs" / "joint", 3)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_STOPPED, err[-2000:]
+    stopped_at = Checkpoint.load(out / "runs" / "joint" / "latest.pt").iteration
+    assert f"run 'joint' (seed 0) stopped by SIGTERM after iteration {stopped_at}" in err
+    assert "Run the same command again to resume it" in err and "--resume" not in err and "Traceback" not in err
+    again = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "== joint (seed 0): resuming 40 iterations" in again.stdout, again.stderr[-2000:]
+    assert Checkpoint.load(out / "runs" / "joint" / "latest.pt").iteration == 40
+
+
 # ----------------------------------------------------------------------------- non-finite losses
 
 class NanAt(UniversalSemiSupervised):

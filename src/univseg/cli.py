@@ -10,6 +10,7 @@ from typing import Callable, Sequence
 from . import __version__
 from .config import packaged_configs, resolve_config_path
 from .engine.align_options import add_align_arguments
+from .engine.experiment_options import add_experiment_arguments
 from .engine.export_options import RUNTIMES, add_export_arguments
 from .engine.report_options import add_report_arguments
 from .engine.tsne_options import add_tsne_arguments
@@ -286,11 +287,7 @@ def build_parser() -> argparse.ArgumentParser:
               "domain (through class mappings where a model lacks a domain's label space) and write results.md, "
               "results.csv, results.json and results.png. Re-running resumes; finished methods are not retrained.")
     config_args(sp)
-    sp.add_argument("--out", help="output folder (default: work_dirs/<config>_experiment)")
-    sp.add_argument("--methods", nargs="+", metavar="KEY",
-                    help="method keys: single-<domain>, finetune-<A>-to-<B>, cycada-<A>-to-<B>, joint, univ-cross, univ-full, adversarial "
-                    "(default: experiment.methods of the config, else all)")
-    sp.add_argument("--seeds", nargs="+", type=int, help="repeat every method with these seeds (mean ± std)")
+    add_experiment_arguments(sp)
 
     sp = verb("eval", cmd_eval, "evaluate a checkpoint on a config's domains",
               "Per-domain mIoU in each domain's own label space (dataset-level confusion matrix), per-class "

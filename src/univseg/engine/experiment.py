@@ -30,15 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from ..config import Config, config_changes, load_config
-from ..errors import ConfigError
+from ..errors import ConfigError, TrainingStopped
 from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from ..methods import METHODS
-
-PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial", "souly", "fixmatch", "unimatch", "univ-match")
-
-
-KEYED_METHODS = ("single", "cycada")  # registered methods selected through keys with domain names only
+from .experiment_options import KEY_FORMS, KEYED_METHODS, PLAIN_METHODS
 
 
 @dataclass
@@ -78,7 +74,7 @@ def method_overrides(key: str, domain_names: list[str]) -> tuple[list[str], str 
     if key in METHODS and key not in KEYED_METHODS:
         return [f"method.name={key}"], None
     raise ConfigError(
-        f"unknown method key '{key}'; use single-<domain>, finetune-<A>-to-<B>, cycada-<A>-to-<B> or one of: "
+        f"unknown method key '{key}'; use {KEY_FORMS} or one of: "
         f"{', '.join(m for m in METHODS.names() if m not in KEYED_METHODS)} (domains: {', '.join(domain_names)})"
     )
 
@@ -169,7 +165,14 @@ def run_experiment(
             resume = (run.work_dir / "latest.pt").is_file()
             verb = "resuming" if resume else "training"
             print(f"== {run.key} (seed {run.seed}): {verb} {cfg.train.iters} iterations on {', '.join(cfg.trained_domains)}")
-            res = Trainer(cfg, run.work_dir, resume=resume, overwrite=not resume, progress=progress).run()
+            try:
+                res = Trainer(cfg, run.work_dir, resume=resume, overwrite=not resume, progress=progress).run()
+            except TrainingStopped as e:
+                raise TrainingStopped(
+                    f"run '{run.key}' (seed {run.seed}) stopped by {e.signal_name} after iteration {e.iteration}; "
+                    f"checkpoint {e.path}. Run the same command again to resume it (finished runs are reused)",
+                    iteration=e.iteration, signal_name=e.signal_name, path=e.path,
+                ) from None
         results.setdefault(run.key, {})[run.seed] = res
     wanted = list(methods or base.experiment.methods or default_methods(base))
     rows = summarize({k: results[k] for k in wanted}, [d.name for d in base.domains])

@@ -1,0 +1,22 @@
+"""The method keys and options of ``univseg experiment`` (no torch import: building the command line stays fast)."""
+from __future__ import annotations
+
+import argparse
+
+#: Methods that are experiment rows under their own name, in the order of the default table.
+PLAIN_METHODS = ("joint", "univ-cross", "univ-full", "adversarial", "souly", "fixmatch", "unimatch", "univ-match")
+
+#: Registered methods selected only through keys that name domains (single-<D>, cycada-<A>-to-<B>).
+KEYED_METHODS = ("single", "cycada")
+
+#: The forms of a method key, for help texts and errors.
+KEY_FORMS = "single-<domain>, finetune-<A>-to-<B>, cycada-<A>-to-<B>"
+
+
+def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of ``univseg experiment`` after the config ones."""
+    parser.add_argument("--out", help="output folder (default: work_dirs/<config>_experiment)")
+    parser.add_argument("--methods", nargs="+", metavar="KEY",
+                        help=f"method keys: {KEY_FORMS}, {', '.join(PLAIN_METHODS)} "
+                        "(default: experiment.methods of the config, else all)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="repeat every method with these seeds (mean ± std)")
