@@ -195,3 +195,20 @@ def test_unknown_backbone_or_decoder_names_the_key(tiny_raw, key, value):
     tiny_raw["model"][key] = value
     with pytest.raises(ConfigError, match=f"model.{key}: unknown .*Did you mean"):
         validate_config(tiny_raw)
+
+
+@pytest.mark.parametrize("method, changed", [("joint", []), ("univ-full", []), ("souly", ["method.souly.image_size: 32 -> [32, 48]"])])
+def test_config_changes_ignore_the_settings_of_other_methods(tiny_raw, method, changed):
+    """A run is reusable after a change to another method's section (method.souly of a joint run), not to its own."""
+    from univseg.config import config_changes
+
+    tiny_raw["method"] = {"name": method}
+    old = validate_config(copy.deepcopy(tiny_raw))
+    tiny_raw["method"]["souly"] = {"image_size": [32, 48]}
+    assert config_changes(old, validate_config(copy.deepcopy(tiny_raw))) == changed
+    tiny_raw["method"]["consistency"] = {"threshold": 0.9}  # read by fixmatch / unimatch / univ-match only
+    tiny_raw["model"]["embed_dim"] = 16
+    assert sorted(config_changes(old, validate_config(tiny_raw))) == sorted(changed + ["model.embed_dim: 8 -> 16"])
+    other = copy.deepcopy(tiny_raw)
+    other["method"]["name"] = "joint" if method != "joint" else "univ-full"
+    assert any(c.startswith("method.name:") for c in config_changes(old, validate_config(other)))

@@ -14,7 +14,7 @@ from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.experiment import default_methods
 from univseg.engine.trainer import Trainer
 from univseg.methods import METHODS, build_method
-from univseg.methods.souly import Generator, SoulyGAN, gan_terms
+from univseg.methods.souly import Generator, SoulyGAN, gan_terms, generator_layout
 
 IGN = 255
 SMALL = {"nz": 8, "ngf": 4, "image_size": 16}
@@ -43,6 +43,11 @@ def test_registered_with_dcgan_defaults_and_an_experiment_row(tiny_raw):
     tiny_raw["method"] = {"name": "souly", "souly": {"image_size": 24}}
     with pytest.raises(ConfigError, match=r"method\.souly\.image_size: .*4 \* 2\^k"):
         validate_config(tiny_raw)
+    tiny_raw["method"]["souly"]["image_size"] = [4, 48]
+    with pytest.raises(ConfigError, match=r"method\.souly\.image_size: .*at least 8"):
+        validate_config(tiny_raw)
+    tiny_raw["method"]["souly"]["image_size"] = [32, 48]  # the tiny config's training images
+    assert validate_config(tiny_raw).method.souly.image_size == (32, 48)
 
 
 # per pixel (class logit 1, class logit 2, fake logit) of three 1x2 images: labeled, unlabeled, generated
@@ -104,23 +109,34 @@ def test_losses_put_labeled_unlabeled_and_generated_rows_in_their_terms():
     assert head.item() == pytest.approx(terms["gan"].item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("size", [8, 16, 32])
-def test_generator_is_dcgan_shaped_and_images_are_on_the_input_scale(size):
+@pytest.mark.parametrize(
+    "size, first, stages",
+    [(8, (4, 4), 1), (16, (4, 4), 2), (32, (4, 4), 3),
+     ((20, 36), (5, 9), 2),  # 20 / 4 = 5 -> two doublings; 5 * 4 = 20, 9 * 4 = 36: no crop
+     ((180, 240), (6, 8), 5)],  # the benchmark's training crop: 192 x 256 cropped at the centre
+)
+def test_generator_is_dcgan_shaped_and_images_are_on_the_input_scale(size, first, stages):
+    assert generator_layout(size) == (first, stages)
     torch.manual_seed(0)
     g = Generator(nz=8, ngf=4, size=size)
     images = g(torch.rand(3, 8) * 2 - 1)
-    assert images.shape == (3, 3, size, size)
+    h, w = (size, size) if isinstance(size, int) else size
+    assert images.shape == (3, 3, h, w)
     assert images.min() >= 0 and images.max() <= 255 and images.std() > 0
     convs = [m for m in g.modules() if isinstance(m, nn.ConvTranspose2d)]
-    stages = int(math.log2(size // 4))
+    assert convs[0].kernel_size == first and convs[0].stride == (1, 1)
     assert [c.out_channels for c in convs] == [4 * 2 ** (stages - 1 - i) for i in range(stages)] + [3]
     assert isinstance(g.net[-1], nn.Tanh)
+    full = g.net(torch.zeros(1, 8, 1, 1))  # before the centre crop: first map * 2^stages
+    assert full.shape[-2:] == (first[0] * 2**stages, first[1] * 2**stages)
+    top, left = (full.shape[-2] - h) // 2, (full.shape[-1] - w) // 2
+    assert torch.allclose(g(torch.zeros(1, 8)), (full[..., top:top + h, left:left + w] + 1) * 127.5)
 
 
 @pytest.mark.parametrize("generator_loss", ["feature_matching", "fool"])
 def test_generator_step_trains_generators_and_fake_heads_but_leaves_the_model_alone(tiny_raw, tmp_path, generator_loss):
     tiny_raw["model"]["norm"] = "domain"  # per-domain BatchNorm: each domain's passes use its own statistics
-    t = make_trainer(souly_raw(tiny_raw, generator_loss=generator_loss), tmp_path)
+    t = make_trainer(souly_raw(tiny_raw, generator_loss=generator_loss, image_size=[32, 48]), tmp_path)  # the tiny crop
     assert set(t.optimizers) == {"model", "fake_heads", "generators"}
     images = t.method.generate("city", 3, (32, 48))
     assert images.shape == (3, 3, 32, 48) and images.min() >= 0 and images.max() <= 255

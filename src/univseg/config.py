@@ -11,7 +11,7 @@ import os
 import re
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Optional
+from typing import Any, Literal, Optional, Union
 
 import yaml
 from pydantic import Field, PositiveFloat, PositiveInt, ValidationError, ValidationInfo, field_validator, model_validator
@@ -89,9 +89,10 @@ class SoulyConfig(StrictModel):
         32, ge=1, description="generator width: its transposed convs have ..., 4ngf, 2ngf, ngf channels "
         "(DCGAN Fig. 1: 128; smaller here for CPU)"
     )
-    image_size: int = Field(
-        32, ge=8, description="side of the generated images, 4 * 2^k (DCGAN Fig. 1: 64); they are resized "
-        "(bilinear) to each domain's training crop"
+    image_size: Union[int, tuple[int, int]] = Field(
+        32, description="size of the generated images: a square side 4 * 2^k (DCGAN Fig. 1: 64), or [H, W] such "
+        "as the training crop (DCGAN's layout with a first map of about H/2^k x W/2^k, cropped at its centre); "
+        "they are resized (bilinear) to each domain's training crop where it differs"
     )
     batch_size: Optional[int] = Field(
         None, ge=1, description="generated images per domain and step on each process (null: as many as the "
@@ -112,9 +113,11 @@ class SoulyConfig(StrictModel):
 
     @field_validator("image_size")
     @classmethod
-    def _power_of_two(cls, v: int) -> int:
-        if v % 4 or (v // 4) & (v // 4 - 1):
-            raise ValueError(f"must be 4 * 2^k (8, 16, 32, 64, ...), got {v}")
+    def _generator_size(cls, v: Union[int, tuple[int, int]]) -> Union[int, tuple[int, int]]:
+        if isinstance(v, int) and (v < 8 or v % 4 or (v // 4) & (v // 4 - 1)):
+            raise ValueError(f"a square side must be 4 * 2^k (8, 16, 32, 64, ...), got {v}; or give [H, W]")
+        if not isinstance(v, int) and min(v) < 8:
+            raise ValueError(f"[H, W] must be at least 8 on each side, got {list(v)}")
         return v
 
 
@@ -609,13 +612,24 @@ RESULT_NEUTRAL_KEYS = re.compile(
 )
 
 
+# The settings section under ``method`` that each method reads; the other methods ignore it.
+METHOD_SECTIONS = {
+    "adversarial": ("adversarial",), "souly": ("souly",), "cycada": ("cycada",),
+    "fixmatch": ("consistency",), "unimatch": ("consistency",), "univ-match": ("consistency",),
+}
+
+
 def config_changes(old: Config, new: Config) -> list[str]:
-    """``'key: old -> new'`` for every setting that differs and could change a run's results."""
+    """``'key: old -> new'`` for every setting that differs and could change a run's results (not the
+    settings sections of methods other than the run's own, e.g. ``method.souly`` of a joint run)."""
     changes: list[str] = []
+    unread = {s for sections in METHOD_SECTIONS.values() for s in sections} - set(METHOD_SECTIONS.get(old.method.name, ()))
+    if old.method.name != new.method.name:
+        unread = set()
 
     def walk(a: Any, b: Any, loc: tuple) -> None:
         key = dotted(loc)
-        if RESULT_NEUTRAL_KEYS.match(key):
+        if RESULT_NEUTRAL_KEYS.match(key) or (len(loc) == 2 and loc[0] == "method" and loc[1] in unread):
             return
         if isinstance(a, dict) and isinstance(b, dict):
             for k in list(a) + [k for k in b if k not in a]:

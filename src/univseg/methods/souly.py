@@ -38,7 +38,8 @@ the model's step the trainer runs two auxiliary steps, each with its own Adam op
 
 The generators draw a global batch of noise for all processes and each takes its own share, so
 ranks see different images and their random state stays in step; generated images are made at
-``image_size`` and resized to the crop of the images they join.
+``image_size`` (a square side, or [H, W] such as the training crop) and resized to the crop of the
+images they join where it differs.
 """
 from __future__ import annotations
 
@@ -58,17 +59,30 @@ from .adversarial import masked_bce
 from .base import METHODS, AuxiliaryOptimizer, Batches, Method
 
 
-class Generator(nn.Module):
-    """DCGAN generator (Radford et al. 2016, Fig. 1 and Sec. 3): z [N, nz] -> a 4x4 map of
-    ngf * 2^(k-1) channels -> k transposed convs (4x4, stride 2) halving the channels -> tanh, with
-    BatchNorm (batch statistics only) and ReLU between; images [N, 3, size, size] on the model's
-    0..255 input scale (tanh mapped linearly). Weights are initialised N(0, 0.02) as in DCGAN."""
+def generator_layout(size: int | tuple[int, int]) -> tuple[tuple[int, int], int]:
+    """(first map (h0, w0), number of doublings s) of a generator for ``size``: a square 4 * 2^k gives
+    ((4, 4), k) as in DCGAN; (H, W) gives the most doublings that keep the first map's shorter side
+    >= 4 and a first map of ceil(H / 2^s) x ceil(W / 2^s), so that h0 * 2^s >= H and w0 * 2^s >= W."""
+    if isinstance(size, int):
+        return (4, 4), int(math.log2(size // 4))
+    h, w = size
+    stages = max(1, int(math.log2(min(h, w) / 4)))
+    return (-(-h // 2**stages), -(-w // 2**stages)), stages
 
-    def __init__(self, nz: int, ngf: int, size: int) -> None:
+
+class Generator(nn.Module):
+    """DCGAN generator (Radford et al. 2016, Fig. 1 and Sec. 3): z [N, nz] -> an h0 x w0 map of
+    ngf * 2^(s-1) channels -> s transposed convs (4x4, stride 2) halving the channels -> tanh, with
+    BatchNorm (batch statistics only) and ReLU between; images on the model's 0..255 input scale (tanh
+    mapped linearly). ``size`` is a square side 4 * 2^s (DCGAN's 4x4 first map) or (H, W), e.g. the
+    training crop: then the output h0 * 2^s x w0 * 2^s is cropped at its centre to (H, W)
+    (:func:`generator_layout`). Weights are initialised N(0, 0.02) as in DCGAN."""
+
+    def __init__(self, nz: int, ngf: int, size: int | tuple[int, int]) -> None:
         super().__init__()
-        stages = int(math.log2(size // 4))
+        first, stages = generator_layout(size)
         chans = [ngf * 2 ** (stages - 1 - i) for i in range(stages)]
-        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, chans[0], 4, 1, 0, bias=False)]
+        layers: list[nn.Module] = [nn.ConvTranspose2d(nz, chans[0], first, 1, 0, bias=False)]
         for c_in, c_out in zip(chans, chans[1:]):
             layers += [nn.BatchNorm2d(c_in, track_running_stats=False), nn.ReLU(inplace=True)]
             layers.append(nn.ConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False))
@@ -76,6 +90,7 @@ class Generator(nn.Module):
         layers += [nn.ConvTranspose2d(chans[-1], 3, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
         self.nz = nz
+        self.size = (size, size) if isinstance(size, int) else tuple(size)
         for m in self.modules():
             if isinstance(m, nn.ConvTranspose2d):
                 nn.init.normal_(m.weight, 0.0, 0.02)
@@ -84,8 +99,11 @@ class Generator(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
-        """Noise [N, nz] -> images [N, 3, size, size] in [0, 255]."""
-        return (self.net(z[:, :, None, None]) + 1.0) * 127.5
+        """Noise [N, nz] -> images [N, 3, *size] in [0, 255]."""
+        out = self.net(z[:, :, None, None])
+        (h, w), (oh, ow) = self.size, out.shape[-2:]
+        top, left = (oh - h) // 2, (ow - w) // 2
+        return (out[..., top:top + h, left:left + w] + 1.0) * 127.5
 
 
 def gan_terms(
