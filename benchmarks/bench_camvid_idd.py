@@ -1,12 +1,16 @@
-"""The paper's comparison on the real CamVid + IDD-Lite pair, sized for about an hour on 2 CPU cores.
+"""The paper's comparison on the real CamVid + IDD-Lite pair, sized for about an hour per method on 2 CPU cores.
 
     python benchmarks/bench_camvid_idd.py [--setting erfnet|mobilenet] [--iters 500]
                                           [--out benchmarks/out/camvid_idd] [--data DIR]
                                           [--methods KEY ...] [--seeds S ...] [--set KEY=VALUE ...]
 
-Runs `univseg experiment` with every method (single-camvid, single-idd, finetune-camvid-to-idd,
-joint, univ-cross, univ-full, adversarial) on the same data, splits, seed and iteration budget,
-and prints the table (also written as results.md/.csv/.json/.png in --out). Settings:
+Runs `univseg experiment` with every method (the paper's rows single-camvid, single-idd,
+finetune-camvid-to-idd, joint, univ-cross, univ-full, adversarial, souly, cycada-camvid-to-idd, and
+the weak-to-strong rows fixmatch, unimatch, univ-match) on the same data, splits, seed and iteration
+budget, and prints the table (also written as results.md/.csv/.json/.png in --out). A method costs
+about as many joint steps per iteration as it runs images through the model: univ-full about 2,
+univ-match about 4, souly about 5 (generated images in the model's step and a generator step
+through the model). Settings:
 
 * ``erfnet`` (issue 4): config camvid_idd, a random-init half-width ERFNet, training and
   evaluation at reduced resolution (CamVid 180x240, IDD-Lite 170x240);
@@ -32,7 +36,10 @@ from univseg.config import resolve_config_path
 from univseg.engine.experiment import run_experiment
 from univseg.errors import EXIT_STOPPED, TrainingStopped, UnivsegError
 
-METHODS = ["single-camvid", "single-idd", "finetune-camvid-to-idd", "joint", "univ-cross", "univ-full", "adversarial"]
+METHODS = [
+    "single-camvid", "single-idd", "finetune-camvid-to-idd", "joint", "univ-cross", "univ-full", "adversarial", "souly",
+    "cycada-camvid-to-idd", "fixmatch", "unimatch", "univ-match",
+]
 
 
 def common(data: Path, iters: int) -> list[str]:
