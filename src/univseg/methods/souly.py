@@ -32,8 +32,9 @@ the model's step the trainer runs two auxiliary steps, each with its own Adam op
                  float32; the trainer zeroes an auxiliary optimizer's gradients before its
                  backward, so they could not be collected there).
     generators   L_G on fresh noise z' against the model after its step (DCGAN's alternation) and
-                 the fake heads as they were in it (a copy: their own step runs first), the model run through ``torch.func.functional_call`` on detached copies of its
-                 parameters and buffers: the generator loss has no path to the model's weights
+                 the fake heads as they were in it (a copy: their own step runs first), the model
+                 run through ``torch.func.functional_call`` on detached copies of its parameters
+                 and buffers: the generator loss has no path to the model's weights
                  (no gradient, under DDP no gradient hook) and leaves its BatchNorm statistics as they were.
 
 The generators draw a global batch of noise for all processes and each takes its own share, so
