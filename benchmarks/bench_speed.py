@@ -160,6 +160,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         out.update(
             device=str(device),
             amp=trainer.amp,
+            eval_amp=getattr(trainer, "eval_amp", trainer.amp),  # code before eval.amp: evaluation as training
             threads=torch.get_num_threads(),
             params_M=round(sum(p.numel() for p in trainer.model.parameters()) / 1e6, 3),
             build_s=round(time.perf_counter() - tic, 3),
@@ -246,7 +247,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             trainer.model.eval()
             for img, _ in iter_images(batch):
-                predict_labels(trainer.model, img, head, trainer.amp)
+                predict_labels(trainer.model, img, head, out["eval_amp"])
             trainer.model.train()
             sync()
             out["eval_warmup_s"] = round(time.perf_counter() - t0, 3)

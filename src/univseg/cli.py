@@ -24,7 +24,7 @@ def _load(args: argparse.Namespace, extra_overrides: Sequence[str] = ()):
 
     overrides = list(args.set or [])
     if getattr(args, "amp", None):
-        overrides.append(f"train.amp={args.amp}")
+        overrides.append(f"{getattr(args, 'amp_key', 'train.amp')}={args.amp}")
     if getattr(args, "device", None):
         overrides.append(f"train.device={args.device}")
     return load_config(resolve_config_path(args.config), overrides + list(extra_overrides))
@@ -65,7 +65,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                 f"--domains: unknown {sorted(unknown)}; domains: {', '.join(d.name for d in domains)}", key="--domains"
             )
         domains = [d for d in domains if d.name in wanted]
-    results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.train.amp,
+    results = evaluate(predictor.model, predictor.label_spaces, domains, cfg.eval, cfg.inference_amp,
                        progress=not args.no_progress, source=args.checkpoint)
     results["checkpoint"] = str(args.checkpoint)
     print(results_table(results))
@@ -296,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="checkpoint file (.pt) written by 'univseg train'")
     sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
     sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
-    sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
+    sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides eval.amp)")
+    sp.set_defaults(amp_key="eval.amp")
     inference_args(sp, overrides_config=True)
 
     sp = verb("split", cmd_split, "write labeled / unlabeled / val list files of each domain",

@@ -351,6 +351,10 @@ class EvalConfig(InferenceConfig):
     """Evaluation settings: the inference keys (mode, crop, stride, flip, scales) plus the ones below."""
 
     batch_size: int = Field(4, ge=1, description="images per evaluation batch")
+    amp: Literal["train", "auto", "none", "bf16", "fp16"] = Field(
+        "train", description="autocast precision of the passes without gradients (evaluation, the centroid pass of the "
+        "univ-* methods): train = as train.amp; auto = bf16 where the device runs it natively, else fp32"
+    )
     max_images: Optional[int] = Field(None, ge=1, description="evaluate only the first N val images of each domain")
     mappings: dict[str, Path] = Field(
         default_factory=dict, description="'SRC->DST' label-space names -> YAML class-mapping file"
@@ -407,6 +411,11 @@ class Config(StrictModel):
     def trained_domains(self) -> list[str]:
         """Names of the domains the method trains on (= the model's heads)."""
         return list(self.method.domains or [d.name for d in self.domains])
+
+    @property
+    def inference_amp(self) -> str:
+        """The autocast setting of the passes without gradients: ``eval.amp``, or ``train.amp`` where it says 'train'."""
+        return self.train.amp if self.eval.amp == "train" else self.eval.amp
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -169,7 +169,7 @@ def evaluate(
     finally:
         model.train(was_training)
     scored = [r["mIoU"] for r in results.values() if r.get("mIoU") is not None]
-    return {"domains": results, "mean_mIoU": float(np.mean(scored)) if scored else None}
+    return {"domains": results, "mean_mIoU": float(np.mean(scored)) if scored else None, "amp": amp}
 
 
 def _nothing_to_score(heads: Mapping[str, LabelSpace], domains: list[Domain], source: str | Path | None) -> CheckpointError:

@@ -116,7 +116,7 @@ class RunModel:
     @cached_property
     def predictor(self) -> Predictor:
         self.check()
-        return Predictor.from_checkpoint(self.checkpoint, device=self.device, amp=self.cfg.train.amp,
+        return Predictor.from_checkpoint(self.checkpoint, device=self.device, amp=self.cfg.inference_amp,
                                          inference=InferenceSettings.from_config(self.cfg.eval))
 
 
@@ -141,7 +141,7 @@ def evaluate_run(model: RunModel, options: ReportOptions) -> dict[str, Any]:
     model.check()
     print(f"report: evaluating {model.checkpoint} on the val images of {model.config_path} (confusion matrices)")
     cfg, predictor = model.cfg, model.predictor
-    return evaluate(predictor.model, predictor.label_spaces, model.domains, cfg.eval, cfg.train.amp,
+    return evaluate(predictor.model, predictor.label_spaces, model.domains, cfg.eval, cfg.inference_amp,
                     progress=options.progress, source=model.checkpoint)
 
 

@@ -138,8 +138,10 @@ class Trainer:
         self.hooks = [*hooks, *tensorboard_hooks(cfg.train.tensorboard, self.work_dir)]
         self.device = dist.resolve_device(cfg.train.device)
         self.amp = resolve_amp(cfg.train.amp, self.device)
-        if self.amp == "fp16" and self.device.type != "cuda":
-            raise ConfigError("train.amp=fp16 needs a CUDA device; on CPU use train.amp=bf16 or auto")
+        self.eval_amp = resolve_amp(cfg.inference_amp, self.device)
+        for key, amp in (("train.amp", self.amp), ("eval.amp", self.eval_amp)):
+            if amp == "fp16" and self.device.type != "cuda":
+                raise ConfigError(f"{key}=fp16 needs a CUDA device; on CPU use {key}=bf16 or auto")
         dist.init_distributed(self.device)
         self._claim_work_dir(resume, overwrite)
         torch.manual_seed(cfg.seed)
@@ -373,7 +375,7 @@ class Trainer:
                     for batch in eval_loader(d.centroid_view, self.cfg.eval.batch_size, indices=shard):
                         for img, lab in size_groups(batch):
                             img, lab = img.to(self.device), lab.to(self.device)
-                            with autocast(self.device, self.amp):
+                            with autocast(self.device, self.eval_amp):
                                 emb = self.model(img, heads=[], embed=True, domain=name)["embedding"]
                             s, c = class_sums(emb, lab, k, d.label_space.ignore_index)
                             sums += s
@@ -471,7 +473,7 @@ class Trainer:
     def evaluate(self) -> dict[str, Any]:
         """Evaluate the current model on every domain of the config."""
         return evaluate(
-            self.model, self.heads, list(self.domains.values()), self.cfg.eval, self.amp, progress=self.progress
+            self.model, self.heads, list(self.domains.values()), self.cfg.eval, self.eval_amp, progress=self.progress
         )
 
     def _after_eval(self, iteration: int, results: Mapping[str, Any]) -> None:
@@ -576,7 +578,7 @@ class Trainer:
         if self.start_iter < t.iters:
             self._after_eval(final_iter, results)
         self._save(self.latest_path, final_iter)
-        results = {**results, "iteration": final_iter, "best": self.best}
+        results = {**results, "iteration": final_iter, "best": self.best, "train_amp": self.amp}
         if dist.is_main():
             atomic_write_json(self.work_dir / "eval_results.json", results)
             if self.progress:

@@ -1,0 +1,57 @@
+"""Precision settings: train.amp for the training step, eval.amp for the passes without gradients."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from univseg.cli import _load, build_parser
+from univseg.config import validate_config
+from univseg.engine.trainer import Trainer
+from univseg.errors import ConfigError
+
+
+@pytest.mark.parametrize(
+    "train_amp, eval_amp, expected", [("bf16", "train", "bf16"), ("none", "train", "none"), ("none", "bf16", "bf16"), ("bf16", "none", "none")]
+)
+def test_eval_amp_follows_train_amp_unless_set(tiny_raw, train_amp, eval_amp, expected):
+    tiny_raw["train"]["amp"] = train_amp
+    tiny_raw["eval"]["amp"] = eval_amp
+    assert validate_config(tiny_raw).inference_amp == expected
+
+
+def test_centroid_pass_and_evaluation_use_eval_amp_and_the_step_train_amp(tiny_raw, tmp_path):
+    """train.amp none + eval.amp bf16: every convolution of a training step is fp32, every one of the
+    centroid pass and of the evaluations bf16; eval_results.json records both precisions."""
+    tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "amp": "none"})
+    tiny_raw["eval"]["amp"] = "bf16"
+    trainer = Trainer(validate_config(tiny_raw), tmp_path, progress=False)
+    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}  # model.training -> conv output dtypes
+    first_conv = next(m for m in trainer.model.modules() if isinstance(m, nn.Conv2d))
+    first_conv.register_forward_hook(lambda mod, inp, out: seen[mod.training].add(out.dtype))
+    centroid_passes = []
+    original = trainer.centroid_sums
+    trainer.centroid_sums = lambda: centroid_passes.append(1) or original()
+    trainer.run()
+    assert centroid_passes, "univ-full never built its centroids: the test would not cover the centroid pass"
+    assert seen[True] == {torch.float32}
+    assert seen[False] == {torch.bfloat16}
+    results = json.loads((tmp_path / "eval_results.json").read_text())
+    assert (results["amp"], results["train_amp"]) == ("bf16", "none")
+
+
+def test_eval_amp_fp16_on_cpu_names_the_key(tiny_raw, tmp_path):
+    tiny_raw["eval"]["amp"] = "fp16"
+    with pytest.raises(ConfigError, match=r"eval\.amp=fp16 needs a CUDA device"):
+        Trainer(validate_config(tiny_raw), tmp_path, progress=False)
+
+
+@pytest.mark.parametrize("verb, key", [("eval", "eval"), ("train", "train")])
+def test_amp_flag_sets_the_verbs_own_precision(tiny_yaml, verb, key):
+    """`univseg eval --amp` sets eval.amp (not train.amp); `univseg train --amp` sets train.amp."""
+    argv = [verb, str(tiny_yaml), *(["model.pt"] if verb == "eval" else []), "--amp", "bf16"]
+    cfg = _load(build_parser().parse_args(argv))
+    other = "train" if key == "eval" else "eval"
+    assert getattr(cfg, key).amp == "bf16"
+    assert getattr(cfg, other).amp == {"train": "none", "eval": "train"}[other]
