@@ -17,7 +17,7 @@ convolutions' share of the step's CPU time.
 Variants: ``dot`` (univ-full, dot product, T = 1, frozen centroids: the official code's loss),
 ``cosine`` (univ-full, univseg's default cosine, T = 0.1), ``joint`` (8 labeled images per step);
 after only: ``dot+ckpt`` (train.activation_checkpointing), ``dot+domain`` (train.backward: domain),
-``dot+nhwc`` (train.channels_last), ``dot+evalamp`` (eval.amp: auto, i.e. the centroid pass and
+``dot+nhwc`` (train.channels_last), ``dot+ckpt+domain`` (both memory options), ``dot+evalamp`` (eval.amp: auto, i.e. the centroid pass and
 evaluation in bf16 where the CPU runs it natively; the training step stays fp32).
 """
 from __future__ import annotations
@@ -44,6 +44,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+ckpt": ("univ-full", DOT + ["train.activation_checkpointing=true"], False),
     "dot+domain": ("univ-full", DOT + ["train.backward=domain"], False),
     "dot+nhwc": ("univ-full", DOT + ["train.channels_last=true"], False),
+    "dot+ckpt+domain": ("univ-full", DOT + ["train.activation_checkpointing=true", "train.backward=domain"], False),
     "dot+evalamp": ("univ-full", DOT + ["eval.amp=auto"], False),
 }
 
