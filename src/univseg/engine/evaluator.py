@@ -134,7 +134,8 @@ def evaluate(
     progress: bool = True,
     source: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float}``.
+    """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float, "amp": str}``
+    (``amp``: the autocast precision the predictions ran in, resolved).
 
     Predictions follow the inference keys of ``eval_cfg`` (mode, crop, stride, flip, scales).
     mIoU values are fractions in [0, 1]. Each scored domain also holds its ``confusion`` matrix (pixel
