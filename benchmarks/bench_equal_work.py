@@ -18,7 +18,9 @@ Variants: ``dot`` (univ-full, dot product, T = 1, frozen centroids: the official
 ``cosine`` (univ-full, univseg's default cosine, T = 0.1), ``joint`` (8 labeled images per step);
 after only: ``dot+ckpt`` (train.activation_checkpointing), ``dot+domain`` (train.backward: domain),
 ``dot+nhwc`` (train.channels_last), ``dot+ckpt+domain`` (both memory options), ``dot+evalamp`` (eval.amp: auto, i.e. the centroid pass and
-evaluation in bf16 where the CPU runs it natively; the training step stays fp32).
+evaluation in bf16 where the CPU runs it natively; the training step stays fp32), ``dot+pass`` (train.backward: pass with
+method.unlabeled_forward: separate: one forward and backward per pass of 4 images, the official code's schedule; BatchNorm
+batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing).
 """
 from __future__ import annotations
 
@@ -37,6 +39,7 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DOT = ["method.similarity=dot", "method.temperature=1.0", "method.centroids.mode=frozen"]
+PASS = ["train.backward=pass", "method.unlabeled_forward=separate"]  # one backward per pass of 4 images, as the official code
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrides, also before)
     "dot": ("univ-full", DOT, True),
     "cosine": ("univ-full", [], True),
@@ -46,6 +49,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+nhwc": ("univ-full", DOT + ["train.channels_last=true"], False),
     "dot+ckpt+domain": ("univ-full", DOT + ["train.activation_checkpointing=true", "train.backward=domain"], False),
     "dot+evalamp": ("univ-full", DOT + ["eval.amp=auto"], False),
+    "dot+pass": ("univ-full", DOT + PASS, False),
+    "dot+ckpt+pass": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true"], False),
 }
 
 

@@ -52,8 +52,8 @@ class FixedModel(nn.Module):
         super().__init__()
         self.logits = nn.Parameter(logits.clone())
 
-    def forward(self, inputs, embed=False):
-        assert not embed and set(inputs) == {"a"}
+    def forward(self, inputs, embed=False, heads=None):
+        assert not embed and set(inputs) == {"a"} and heads == ["a"]
         x = inputs["a"]
         n = sum(t.shape[0] for t in x) if isinstance(x, list) else x.shape[0]  # [labeled, unlabeled] or one batch
         return {"a": {"a": self.logits[:n]}}

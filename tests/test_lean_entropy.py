@@ -230,7 +230,7 @@ def test_method_alignment_equals_the_former_upsample_then_score(name, sim, resol
     sizes = {"a": (32, 48), "b": (24, 40)}
     feats = {"a": embedding((3, 8, 4, 6), 12), "b": embedding((2, 8, 3, 5), 13)}
     rows = {"a": slice(1, None), "b": slice(0, None)}
-    batches = {d: {"label": torch.zeros(1, *s, dtype=torch.long), "image": torch.zeros(1, 3, *s)} for d, s in sizes.items()}
+    batches = {d: {"unlabeled": torch.zeros(1, 3, *s)} for d, s in sizes.items()}  # the entropy's size: the unlabeled images'
 
     leaves = {d: f.clone().requires_grad_() for d, f in feats.items()}
     terms = {}
@@ -255,7 +255,7 @@ def test_scores_option_reaches_the_method_and_stays_close():
     assert exact.cfg.cosine_upsample == "exact"  # the default keeps the exact formula
     g = torch.Generator().manual_seed(0)
     out = {"a": {"embedding": smooth_map(g, 8, 16, 24, 4)}}
-    rows, batches = {"a": slice(None)}, {"a": {"label": torch.zeros(1, 128, 192, dtype=torch.long)}}
+    rows, batches = {"a": slice(None)}, {"a": {"unlabeled": torch.zeros(1, 3, 128, 192)}}
     h_exact = exact.alignment(out, rows, batches, {})
     h_approx = approx.alignment(out, rows, batches, {})
     assert h_approx.item() != h_exact.item()

@@ -82,8 +82,8 @@ class FixedModel(nn.Module):
         super().__init__()
         self.out = out
 
-    def forward(self, inputs, embed=False):
-        assert embed and set(inputs) == {"a"}
+    def forward(self, inputs, embed=False, heads=None):
+        assert embed and set(inputs) == {"a"} and heads == ["a"]
         n = inputs["a"].shape[0]  # labeled, unlabeled and generated images in one batch
         return {"a": {"a": self.out[:n, :2], "embedding": self.out[:n, 2:]}}
 

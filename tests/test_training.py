@@ -129,12 +129,12 @@ def test_unlabeled_images_share_or_get_their_own_encoder_pass(mode):
     labeled, unlabeled = torch.rand(2, 3, 4, 4), torch.rand(3, 3, 4, 4)
     calls = []
 
-    def model(inputs, embed):
-        calls.append((inputs["a"], embed))
+    def model(inputs, embed, heads):
+        calls.append((inputs["a"], embed, heads))
         return {"a": {}}
 
     _, n = method.run_model(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, True, True)
-    assert n == {"a": 2} and len(calls) == 1 and calls[0][1] is True
+    assert n == {"a": 2} and len(calls) == 1 and calls[0][1:] == (True, ["a"])
     sent = calls[0][0]
     if mode == "separate":
         assert isinstance(sent, list) and sent[0] is labeled and sent[1] is unlabeled
@@ -142,6 +142,10 @@ def test_unlabeled_images_share_or_get_their_own_encoder_pass(mode):
         assert torch.equal(sent, torch.cat([labeled, unlabeled]))
     method.run_model(model, {"a": {"image": labeled, "label": torch.zeros(2, 4, 4), "unlabeled": unlabeled}}, False, False)
     assert calls[1][0] is labeled  # before warm-up ends the unlabeled images are not forwarded at all
+    _, n = method.run_model(model, {"a": {"unlabeled": unlabeled}}, True, True)  # train.backward: pass
+    assert n == {"a": 0} and calls[2][0] is unlabeled and calls[2][1:] == (True, [])  # the embedding alone, no logits
+    outputs, n = method.run_model(model, {"a": {"unlabeled": unlabeled}}, False, False)
+    assert outputs == {} and n == {} and len(calls) == 3  # nothing to run: no model call
 
 
 def test_hooks_see_every_step_and_evaluation_in_order(tiny_raw, tmp_path):

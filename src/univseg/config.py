@@ -286,11 +286,14 @@ class TrainConfig(StrictModel):
         1, ge=1, description="micro-batches per optimisation step (gradient accumulation); the global batch is "
         "batch_size x processes x accumulate"
     )
-    backward: Literal["step", "domain"] = Field(
-        "step", description="one backward over every domain's losses, or one forward and backward per domain (gradients "
-        "accumulated; one domain's graph alive at a time: less memory). Same step where each domain has its own encoder "
-        "passes (model.norm: domain, or domains of different image sizes); with ema centroids a domain's entropy sees the "
-        "banks of the domains after it before their update of this step"
+    backward: Literal["step", "domain", "pass"] = Field(
+        "step", description="one backward over every domain's losses; one forward and backward per domain (domain: "
+        "gradients accumulated, one domain's graph alive at a time: less memory; same step where each domain has its "
+        "own encoder passes (model.norm: domain, or domains of different image sizes); with ema centroids a domain's "
+        "entropy sees the banks of the domains after it before their update of this step); or one per encoder pass "
+        "(pass: the least memory; always the same step: every labeled pass before every unlabeled one; with "
+        "method.unlabeled_forward: separate a domain's labeled and unlabeled images are two passes, for the methods "
+        "single, joint, univ-cross and univ-full)"
     )
     activation_checkpointing: bool = Field(
         False, description="keep only each encoder unit's input for the backward pass and recompute the unit there "

@@ -170,7 +170,7 @@ class Trainer:
                 raise ValueError(f"method '{cfg.method.name}': '{MODEL_OPTIMIZER}' names the model's optimizer; rename its own")
             self.optimizers[name] = aux.build(aux.params)
             self.base_lrs[name] = aux.lr
-        split = {"train.accumulate": (cfg.train.accumulate > 1, "1"), "train.backward": (cfg.train.backward == "domain", "step")}
+        split = {"train.accumulate": (cfg.train.accumulate > 1, "1"), "train.backward": (cfg.train.backward != "step", "step")}
         for key, (active, plain) in split.items():
             if active and len(self.optimizers) > 1:
                 raise ConfigError(
@@ -178,6 +178,13 @@ class Trainer:
                     f"from the last batch of a step; use {key}: {plain} with it",
                     key=key,
                 )
+        if cfg.train.backward == "pass" and cfg.method.unlabeled_forward == "separate" and not self.method.splits_by_pass:
+            raise ConfigError(
+                f"train.backward: pass with method.unlabeled_forward: separate runs each domain's labeled and unlabeled "
+                f"images as two passes, but method '{cfg.method.name}' needs them in one call; use train.backward: domain, "
+                "or method.unlabeled_forward: together",
+                key="train.backward",
+            )
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.start_iter = 0
         self.best: dict[str, Any] = {"mean_mIoU": None, "iteration": None}
@@ -403,6 +410,7 @@ class Trainer:
         model_opt.zero_grad(set_to_none=True)
         means: dict[str, float] = {}
         stepped = False  # a loss without a graph (a constant) leaves the model alone: no backward, no step
+        synced = False  # DistributedDataParallel averaged the gradients (in the last pass's backward)
         for m, part in enumerate(passes):
             last = m == len(passes) - 1
             with contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync():
@@ -417,9 +425,11 @@ class Trainer:
                     return {"skipped": 1.0, **{f"nonfinite_{k}": 1.0 for k in nonfinite}, "lr": lrs[MODEL_OPTIMIZER]}
                 if terms["loss"].requires_grad:
                     self.scaler.scale(terms["loss"] / len(micro)).backward()
-                    stepped = True
+                    stepped, synced = True, last
             for key, value in terms.items():
                 means[key] = means.get(key, 0.0) + float(value.detach()) / len(micro)
+        if stepped and not synced and self.net is not self.model:  # the last pass had nothing to learn from
+            self._average_gradients(self.model.parameters())
         if stepped:
             if self.cfg.train.grad_clip is not None:
                 self.scaler.unscale_(model_opt)
@@ -434,12 +444,27 @@ class Trainer:
         return means | {"lr": lrs[MODEL_OPTIMIZER]}
 
     def _backward_parts(self, batches: Mapping[str, Mapping[str, torch.Tensor]]) -> list[Mapping[str, Mapping[str, torch.Tensor]]]:
-        """The batches of one backward each: all domains together (``train.backward: step``) or one
+        """The batches of one backward each: all domains together (``train.backward: step``), one
         domain at a time (``domain``: a domain's graph is freed before the next domain's forward;
-        the methods' losses are sums over domains, so the gradients add up to the same step)."""
-        if self.cfg.train.backward == "domain":
+        the methods' losses are sums over domains, so the gradients add up to the same step), or
+        one encoder pass at a time (``pass``: the domains the model runs through one encoder pass
+        together; with ``method.unlabeled_forward: separate`` first every labeled pass, then every
+        unlabeled one, so ema centroids are updated from all labeled images before any entropy)."""
+        mode = self.cfg.train.backward
+        if mode == "domain":
             return [{name: b} for name, b in batches.items()]
-        return [batches]
+        if mode == "step":
+            return [batches]
+        if self.cfg.method.unlabeled_forward == "together":
+            kinds = [("image", None)]
+        else:
+            kinds = [("image", ("image", "label")), ("unlabeled", ("unlabeled",))]
+        parts = []
+        for key, keep in kinds:
+            chosen = {d: b for d, b in batches.items() if key in b and b[key].shape[0] > 0}
+            for names in self.model.encoder_passes({d: tuple(b[key].shape[1:]) for d, b in chosen.items()}):
+                parts.append({d: chosen[d] if keep is None else {k: chosen[d][k] for k in keep if k in chosen[d]} for d in names})
+        return parts
 
     def _set_learning_rates(self, iteration: int) -> dict[str, float]:
         """Put every optimizer on the schedule at ``iteration``; returns the rates by optimizer."""
@@ -458,16 +483,20 @@ class Trainer:
             torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
         return [k for k, flag in zip(names, bad.tolist()) if flag]
 
+    @staticmethod
+    def _average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
+        """Replace each gradient by its mean over the ranks (every rank must hold the same set of them)."""
+        for p in params:
+            if p.grad is not None:
+                dist.all_reduce_sum(p.grad).div_(dist.world_size())
+
     def _step_auxiliary(self, name: str, loss: torch.Tensor) -> None:
         """Minimise an auxiliary loss with its optimizer; gradients are averaged over ranks first."""
         opt = self.optimizers[name]
         opt.zero_grad(set_to_none=True)
         loss.backward()
         if dist.world_size() > 1:
-            for group in opt.param_groups:
-                for p in group["params"]:
-                    if p.grad is not None:
-                        dist.all_reduce_sum(p.grad).div_(dist.world_size())
+            self._average_gradients(p for group in opt.param_groups for p in group["params"])
         opt.step()
 
     def evaluate(self) -> dict[str, Any]:

@@ -42,6 +42,11 @@ CentroidSource = Callable[[], Mapping[str, tuple[torch.Tensor, torch.Tensor]]]
 Batches = Mapping[str, Mapping[str, torch.Tensor]]
 
 
+def batches_device(batches: Batches) -> torch.device:
+    """The device the step's images are on."""
+    return next(iter(next(iter(batches.values())).values())).device
+
+
 @dataclass(frozen=True)
 class AuxiliaryOptimizer:
     """An optimizer the trainer builds, schedules and checkpoints for a method's auxiliary networks.
@@ -76,6 +81,7 @@ class Method(nn.Module):
 
     needs_unlabeled: bool = False
     strong_views: int = 0  # strong views per unlabeled image: batches then hold strong, cutmix, unlabeled_valid
+    splits_by_pass: bool = False  # losses() also takes a domain's labeled or unlabeled images alone (train.backward: pass)
 
     def __init__(self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
         super().__init__()
@@ -99,18 +105,24 @@ class Method(nn.Module):
         """One model call over every domain's labeled images and, if ``unlabeled``, its unlabeled ones.
 
         Returns the model's outputs (per domain: the labeled images' rows first, then the unlabeled
-        ones) and the number of labeled images per domain. ``method.unlabeled_forward`` decides
+        ones) and the number of labeled images per domain (0 for a batch without ``image``: its
+        unlabeled images alone; a domain with no images to run is left out). ``method.unlabeled_forward`` decides
         whether the unlabeled images share the labeled images' encoder pass (``together``: one set
         of BatchNorm batch statistics over both) or get their own (``separate``).
         """
         inputs, n_labeled = {}, {}
         for d, b in batches.items():
-            n_labeled[d] = b["image"].shape[0]
-            inputs[d] = b["image"]
+            parts = [b["image"]] if "image" in b else []  # a batch of unlabeled images alone (train.backward: pass)
             if unlabeled and "unlabeled" in b and b["unlabeled"].shape[0] > 0:
-                parts = [b["image"], b["unlabeled"]]
-                inputs[d] = parts if self.cfg.unlabeled_forward == "separate" else torch.cat(parts)
-        return model(inputs, embed=embed), n_labeled
+                parts.append(b["unlabeled"])
+            if not parts:
+                continue
+            n_labeled[d] = b["image"].shape[0] if "image" in b else 0
+            inputs[d] = parts[0] if len(parts) == 1 else parts if self.cfg.unlabeled_forward == "separate" else torch.cat(parts)
+        if not inputs:
+            return {}, n_labeled
+        heads = [d for d in inputs if n_labeled[d] > 0]  # unlabeled images alone: the embedding, no logits
+        return model(inputs, embed=embed, heads=heads), n_labeled
 
     def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         """The loss terms of one step for the model's optimizer; ``'loss'`` is what is minimised."""

@@ -89,6 +89,8 @@ def strong_views_ce(
 class WeakToStrong(UniversalSemiSupervised):
     """Supervised CE, weak-to-strong consistency per domain and optionally the entropy alignment (module doc)."""
 
+    splits_by_pass = False  # the weak view of the unlabeled images shares the labeled images' encoder pass
+
     def __init__(
         self,
         cfg: Any,

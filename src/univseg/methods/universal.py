@@ -17,7 +17,7 @@ from torch import nn
 from ..data.label_space import LabelSpace
 from ..errors import ConfigError
 from ..losses import CentroidBank, alignment_entropies, supervised_ce
-from .base import METHODS, Batches, CentroidSource, Method
+from .base import METHODS, Batches, CentroidSource, Method, batches_device
 
 
 class UniversalSemiSupervised(Method):
@@ -29,6 +29,8 @@ class UniversalSemiSupervised(Method):
     submodule (buffers), set from the labeled sets when the warm-up ends (``before_step``) and,
     in ``ema`` mode, updated from every labeled batch (synchronised across ranks).
     """
+
+    splits_by_pass = True  # every loss term reads one encoder pass's graph (the centroids are not differentiated)
 
     def __init__(
         self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int, lambda_cross: float, lambda_within: float
@@ -55,7 +57,7 @@ class UniversalSemiSupervised(Method):
         if align:
             rows = {d: slice(n_labeled[d], None) for d in outputs}
             total = total + self.alignment(outputs, rows, batches, terms)
-        terms["loss"] = total
+        terms["loss"] = torch.as_tensor(total, device=batches_device(batches))  # a constant 0: nothing to learn from
         return terms
 
     def supervised(
@@ -72,13 +74,17 @@ class UniversalSemiSupervised(Method):
         (``class_sums`` scatters the labels' bilinear weights; no upsampled embedding)."""
         sup = 0.0
         for d, out in outputs.items():
-            n, label = n_labeled[d], batches[d]["label"]
+            n = n_labeled[d]
+            if n == 0:  # unlabeled images alone (train.backward: pass)
+                continue
+            label = batches[d]["label"]
             ce = supervised_ce(out[d][:n], label, self.label_spaces[d].ignore_index)
             terms[f"ce_{d}"] = ce.detach()
             sup = sup + ce
             if update_bank and self.bank.mode == "ema":
                 self.bank.update(d, out["embedding"][:n].detach(), label, self.label_spaces[d].ignore_index)
-        terms["sup"] = sup.detach()
+        if isinstance(sup, torch.Tensor):
+            terms["sup"] = sup.detach()
         return sup
 
     def alignment(
@@ -98,9 +104,9 @@ class UniversalSemiSupervised(Method):
             emb = out["embedding"][rows[d]]
             if emb.shape[0] > 0:
                 at_input = self.cfg.entropy_resolution == "input"
-                unlabeled_emb[d] = (emb, tuple(batches[d]["label"].shape[-2:]) if at_input else tuple(emb.shape[-2:]))
+                unlabeled_emb[d] = (emb, tuple(batches[d]["unlabeled"].shape[-2:]) if at_input else tuple(emb.shape[-2:]))
         if not unlabeled_emb:
-            return torch.zeros((), device=next(iter(batches.values()))["image"].device)
+            return torch.zeros((), device=batches_device(batches))
         within, cross = self._entropies(unlabeled_emb)
         total = 0.0
         if self.lambda_within > 0:

@@ -152,10 +152,11 @@ class UniversalModel(nn.Module):
         levels; UniMatch's feature perturbation, Yang et al. CVPR 2023): its domain's logits on
         those come back as ``"fp"`` (rows of the first batch only). With ``all_heads`` every head
         runs on every domain's images (``{domain: {head: logits, ...}}`` for all heads: predictions
-        of a domain's pixels in the other label spaces).
+        of a domain's pixels in the other label spaces). ``heads`` limits the heads run in this form
+        too (``heads=[]``: the embedding alone, e.g. for unlabeled images no head's loss reads).
         """
         if isinstance(x, Mapping):
-            return self._forward_domains(x, embed, feature_dropout, all_heads)
+            return self._forward_domains(x, embed, feature_dropout, all_heads, heads)
         if feature_dropout > 0:
             raise ValueError("feature_dropout needs the {domain: images} form of the input")
         heads = self.head_names if heads is None else list(heads)
@@ -168,21 +169,33 @@ class UniversalModel(nn.Module):
             raise ValueError("the embedding of a model with per-domain BatchNorm needs domain=<head name>")
         return {h: self.decode(self.features(x, h), size, [h])[h] for h in heads}
 
+    def encoder_passes(self, shapes: Mapping[str, tuple[int, ...]]) -> list[list[str]]:
+        """The domains whose image batches (``{domain: image shape [C, H, W]}``, one batch each) share
+        an encoder pass in a ``{domain: images}`` call: equal shapes under shared norm, each domain
+        alone under per-domain norm."""
+        groups: dict[tuple, list[str]] = {}
+        for name, shape in shapes.items():
+            own_pass = (name,) if self.norm == "domain" else ()
+            groups.setdefault((tuple(shape), *own_pass), []).append(name)
+        return list(groups.values())
+
     def _forward_domains(
         self,
         inputs: Mapping[str, torch.Tensor | Sequence[torch.Tensor]],
         embed: bool,
         feature_dropout: float = 0.0,
         all_heads: bool = False,
+        heads: Iterable[str] | None = None,
     ) -> dict[str, dict[str, torch.Tensor]]:
+        allowed = None if heads is None else set(heads)
         batches = {name: list(v) if isinstance(v, (list, tuple)) else [v] for name, v in inputs.items()}
-        groups: dict[tuple, list[str]] = {}
-        for name, parts in batches.items():
-            for k, images in enumerate(parts):
-                own_pass = (name,) if self.norm == "domain" else ()
-                groups.setdefault((k, tuple(images.shape[1:]), *own_pass), []).append(name)
+        passes: dict[tuple[int, str], tuple[str, ...]] = {}  # (k, domain) -> the domains of its k-th pass
+        for k in range(max(len(parts) for parts in batches.values())):
+            shapes = {name: tuple(parts[k].shape[1:]) for name, parts in batches.items() if k < len(parts)}
+            passes |= {(k, n): tuple(names) for names in self.encoder_passes(shapes) for n in names}
+        order = dict.fromkeys((k, passes[k, name]) for name, parts in batches.items() for k in range(len(parts)))
         pieces: dict[str, list] = {name: [None] * len(parts) for name, parts in batches.items()}
-        for (k, *_), names in groups.items():
+        for k, names in order:
             images = [batches[n][k] for n in names]
             dropout = feature_dropout if k == 0 else 0.0
             feats, perturbed = self._features(torch.cat(images), names[0] if self.norm == "domain" else None, dropout)
@@ -190,7 +203,8 @@ class UniversalModel(nn.Module):
             rows = [im.shape[0] for im in images]
             perturbed_rows = perturbed.split(rows) if perturbed is not None else [None] * len(names)
             for n, f, fp in zip(names, feats.split(rows), perturbed_rows):
-                pieces[n][k] = self.decode(f, size, self.head_names if all_heads else [n], embed)
+                wanted = [h for h in (self.head_names if all_heads else [n]) if allowed is None or h in allowed]
+                pieces[n][k] = self.decode(f, size, wanted, embed)
                 if fp is not None:
                     pieces[n][k]["fp"] = upsample(self.heads[n](fp), size)
         return {name: _concat_parts(parts) for name, parts in pieces.items()}
