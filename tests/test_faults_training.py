@@ -120,6 +120,23 @@ def test_sigterm_checkpoints_the_current_iteration_and_resume_equals_an_uninterr
         assert torch.equal(a.model[k], b.model[k]), k
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_to_the_whole_process_group_still_checkpoints_and_stops_cleanly(tiny_raw, tmp_path, sig):
+    """Ctrl-C, ``kill -- -PGID`` and job schedulers signal every process of the group, data-loading
+    workers included: the workers leave the signal to the main process, which finishes its step."""
+    tiny_raw["train"].update({"iters": 200, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1, "num_workers": 2})
+    cfg, work = write_cfg(tiny_raw, tmp_path), tmp_path / "w"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_train_cmd(cfg, work), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    wait_for_iteration(work, 3)
+    os.killpg(proc.pid, sig)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_STOPPED, err[-2000:]
+    stopped_at = Checkpoint.load(work / "latest.pt").iteration
+    assert 3 <= stopped_at < 200 and f"{signal.Signals(sig).name} after iteration {stopped_at}" in err
+    assert "Traceback" not in err and "DataLoader worker" not in err
+
+
 def test_sigterm_to_an_experiment_says_to_rerun_it_and_the_rerun_resumes(tiny_raw, tmp_path):
     """``univseg experiment`` resumes by being run again (it has no --resume): its stop message says so."""
     tiny_raw["train"].update({"iters": 40, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1})
