@@ -20,7 +20,8 @@ after only: ``dot+ckpt`` (train.activation_checkpointing), ``dot+domain`` (train
 ``dot+nhwc`` (train.channels_last), ``dot+ckpt+domain`` (both memory options), ``dot+evalamp`` (eval.amp: auto, i.e. the centroid pass and
 evaluation in bf16 where the CPU runs it natively; the training step stays fp32), ``dot+pass`` (train.backward: pass with
 method.unlabeled_forward: separate: one forward and backward per pass of 4 images, the official code's schedule; BatchNorm
-batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing).
+batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing);
+``dot+pass+release`` and ``dot+ckpt+pass+release`` (train.return_freed_memory: glibc's fixed mmap threshold).
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+evalamp": ("univ-full", DOT + ["eval.amp=auto"], False),
     "dot+pass": ("univ-full", DOT + PASS, False),
     "dot+ckpt+pass": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true"], False),
+    "dot+pass+release": ("univ-full", DOT + PASS + ["train.return_freed_memory=true"], False),
+    "dot+ckpt+pass+release": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.return_freed_memory=true"], False),
 }
 
 

@@ -303,6 +303,11 @@ class TrainConfig(StrictModel):
         False, description="weights and activations in channels-last (NHWC) memory layout; often faster for convolutions "
         "on CPU (oneDNN) and on tensor-core GPUs; same numbers up to rounding"
     )
+    return_freed_memory: bool = Field(
+        False, description="Linux/glibc: CPU tensor memory of 128 KiB or more goes back to the OS as soon as it is freed "
+        "(a fixed malloc mmap threshold instead of glibc's dynamic one, under which freed activations stay in the "
+        "process): a lower peak resident memory for a page fault per page of each new large tensor; same numbers"
+    )
     sync_bn: bool = Field(False, description="under torchrun on CUDA: BatchNorm statistics over the global batch (SyncBatchNorm)")
     max_bad_steps: int = Field(
         5, ge=1, description="steps with a non-finite loss are skipped; this many in a row stop the run"

@@ -26,6 +26,7 @@ from ..losses.centroids import all_reduce_sums
 from ..methods import Method, RunContext, build_method
 from ..models.universal import UniversalModel, build_model
 from ..utils import dist
+from ..utils.allocator import return_freed_memory
 from ..utils.files import atomic_write_json
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import choose_head, evaluate, results_table, size_groups
@@ -137,6 +138,8 @@ class Trainer:
 
         self.hooks = [*hooks, *tensorboard_hooks(cfg.train.tensorboard, self.work_dir)]
         self.device = dist.resolve_device(cfg.train.device)
+        if cfg.train.return_freed_memory and not return_freed_memory():
+            print("train.return_freed_memory: the C library here is not glibc; its allocator is left as it is")
         self.amp = resolve_amp(cfg.train.amp, self.device)
         self.eval_amp = resolve_amp(cfg.inference_amp, self.device)
         for key, amp in (("train.amp", self.amp), ("eval.amp", self.eval_amp)):
