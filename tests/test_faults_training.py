@@ -137,6 +137,23 @@ def test_a_stop_signal_to_the_whole_process_group_still_checkpoints_and_stops_cl
     assert "Traceback" not in err and "DataLoader worker" not in err
 
 
+def test_a_process_exits_with_its_data_loading_workers_still_running():
+    """The workers ignore SIGTERM, which multiprocessing's exit handler sends before waiting for them:
+    the process must still exit at once, without reporting a failed worker."""
+    code = (
+        "import torch\n"
+        "from univseg.data.sampler import infinite_loader\n"
+        "class Images(torch.utils.data.Dataset):\n"
+        "    def __len__(self): return 8\n"
+        "    def __getitem__(self, i): return {'image': torch.zeros(3, 4, 4)}\n"
+        "loader = infinite_loader(Images(), 2, seed=0, stream=0, start_iter=0, num_workers=2)\n"
+        "print(next(loader)['image'].shape[0])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "2", out.stderr[-2000:]
+    assert "DataLoader worker" not in out.stderr and "Traceback" not in out.stderr
+
+
 def test_sigterm_to_an_experiment_says_to_rerun_it_and_the_rerun_resumes(tiny_raw, tmp_path):
     """``univseg experiment`` resumes by being run again (it has no --resume): its stop message says so."""
     tiny_raw["train"].update({"iters": 40, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1})

@@ -2,7 +2,6 @@
 and the strong views of unlabeled images for weak-to-strong consistency (FixMatch / UniMatch)."""
 from __future__ import annotations
 
-import signal
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -14,6 +13,7 @@ from .domain_config import UNIMATCH_STRONG_TRANSFORMS, CutMixConfig, DomainConfi
 from .label_space import LabelSpace
 from .recipe import select_domain
 from .transforms import TRANSFORMS, Compose, build_transforms, cutmix_box, load_arrays
+from .workers import worker_options
 
 
 @dataclass(frozen=True)
@@ -203,21 +203,12 @@ def collate(batch: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-def worker_ignores_stop_signals(worker_id: int) -> None:
-    """DataLoader ``worker_init_fn``: SIGTERM and SIGINT sent to the whole process group (Ctrl-C, ``kill --
-    -PGID``, a scheduler stopping a job) are the main process's to handle (finish the step, checkpoint);
-    a worker killed by them would crash the main process instead. Workers still end with their loader,
-    or when the main process is gone."""
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, signal.SIG_IGN)
-
-
 def eval_loader(view: SampleView, batch_size: int, num_workers: int = 0, indices: Sequence[int] | None = None):
     """A sequential loader over ``view`` (optionally a subset) that leaves the global RNG untouched."""
     data = view if indices is None else torch.utils.data.Subset(view, list(indices))
     return torch.utils.data.DataLoader(
         data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, generator=torch.Generator(),
-        worker_init_fn=worker_ignores_stop_signals if num_workers > 0 else None,
+        **worker_options(num_workers),
     )
 
 

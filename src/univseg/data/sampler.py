@@ -10,7 +10,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from .domain import SampleView, collate, worker_ignores_stop_signals
+from .domain import SampleView, collate
+from .workers import worker_options
 
 
 def _mix(*values: int) -> int:
@@ -72,7 +73,7 @@ def infinite_loader(
         collate_fn=collate,
         persistent_workers=num_workers > 0,
         prefetch_factor=2 if num_workers > 0 else None,
-        worker_init_fn=worker_ignores_stop_signals if num_workers > 0 else None,
+        **worker_options(num_workers),
         generator=torch.Generator(),  # keep the global RNG untouched: resumed runs stay identical
     )
     return iter(loader)
