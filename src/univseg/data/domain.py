@@ -13,7 +13,6 @@ from .domain_config import UNIMATCH_STRONG_TRANSFORMS, CutMixConfig, DomainConfi
 from .label_space import LabelSpace
 from .recipe import select_domain
 from .transforms import TRANSFORMS, Compose, build_transforms, cutmix_box, load_arrays
-from .workers import worker_options
 
 
 @dataclass(frozen=True)
@@ -207,8 +206,7 @@ def eval_loader(view: SampleView, batch_size: int, num_workers: int = 0, indices
     """A sequential loader over ``view`` (optionally a subset) that leaves the global RNG untouched."""
     data = view if indices is None else torch.utils.data.Subset(view, list(indices))
     return torch.utils.data.DataLoader(
-        data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, generator=torch.Generator(),
-        **worker_options(num_workers),
+        data, batch_size=batch_size, num_workers=num_workers, collate_fn=collate, generator=torch.Generator()
     )
 
 

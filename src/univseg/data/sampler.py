@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .domain import SampleView, collate
-from .workers import worker_options
+from .workers import tracked, worker_options
 
 
 def _mix(*values: int) -> int:
@@ -76,4 +76,4 @@ def infinite_loader(
         **worker_options(num_workers),
         generator=torch.Generator(),  # keep the global RNG untouched: resumed runs stay identical
     )
-    return iter(loader)
+    return tracked(iter(loader))

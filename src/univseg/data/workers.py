@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import atexit
 import functools
-import multiprocessing
 import signal
-from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
+
+_TRACKED: list[Any] = []  # worker processes (multiprocessing.Process) of the training loaders
 
 
 def worker_ignores_stop_signals(worker_id: int) -> None:
@@ -18,23 +18,13 @@ def worker_ignores_stop_signals(worker_id: int) -> None:
 
 
 def _end_workers() -> None:
-    """At exit, end the child processes that ignore SIGTERM (these workers): multiprocessing's own exit
-    handler, which runs after this one, would send them SIGTERM and wait for them for ever."""
-    stopping = [p for p in multiprocessing.active_children() if p.daemon and _ignores_sigterm(p.pid)]
-    if stopping and hasattr(signal, "SIGCHLD"):  # torch's handler would report the kill as a worker failure
+    """At exit, end the tracked workers still running: they ignore the SIGTERM that multiprocessing's own
+    exit handler (which runs after this one) sends them before it waits for them."""
+    alive = [process for process in _TRACKED if process.is_alive()]
+    if alive and hasattr(signal, "SIGCHLD"):  # torch's handler would report the kill as a worker failure
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-    for process in stopping:
+    for process in alive:
         process.kill()
-
-
-def _ignores_sigterm(pid: int | None) -> bool:
-    """Whether process ``pid`` ignores SIGTERM (Linux: /proc; elsewhere every daemon child is taken to)."""
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    ignored = next((line.split()[1] for line in status.splitlines() if line.startswith("SigIgn:")), "0")
-    return bool(int(ignored, 16) >> (signal.SIGTERM - 1) & 1)
 
 
 @functools.cache
@@ -43,8 +33,15 @@ def _end_workers_at_exit() -> None:
 
 
 def worker_options(num_workers: int) -> dict[str, Any]:
-    """DataLoader keyword arguments for ``num_workers`` workers that leave stop signals to the main process."""
-    if num_workers == 0:
-        return {}
-    _end_workers_at_exit()
-    return {"worker_init_fn": worker_ignores_stop_signals}
+    """DataLoader keyword arguments for workers that leave stop signals to the main process; iterate
+    such a loader through :func:`tracked`."""
+    return {"worker_init_fn": worker_ignores_stop_signals} if num_workers > 0 else {}
+
+
+def tracked(iterator: Iterator[Any]) -> Iterator[Any]:
+    """``iterator`` (of a DataLoader built with :func:`worker_options`), its workers ended at exit."""
+    workers = getattr(iterator, "_workers", ())
+    if workers:
+        _TRACKED.extend(workers)
+        _end_workers_at_exit()
+    return iterator
