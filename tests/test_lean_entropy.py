@@ -5,6 +5,8 @@ Tolerances: the exact paths (dot; cosine with ``cosine_upsample: exact``; class 
 reference to float32 rounding: relative 1e-5 of the largest magnitude. ``cosine_upsample: scores``
 is an approximation; its deviation is measured on two kinds of embedding maps and bounded below.
 """
+from collections import Counter
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -372,3 +374,33 @@ def test_no_upsampled_embedding_is_ever_materialised():
     for mode, how in (("dot", "exact"), ("cosine", "exact"), ("cosine", "scores")):
         assert largest_tensor(entropy(mode, how)) < full / 4, (mode, how)
     assert largest_tensor(lambda: class_sums(embedding((b, d) + src), labels, k)) < full / 4
+
+
+class InputResolutionOps(TorchDispatchMode):
+    """Names of the operators that return a tensor with at least ``numel`` elements, in call order."""
+
+    def __init__(self, numel):
+        super().__init__()
+        self.numel, self.names = numel, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(t, torch.Tensor) and t.numel() >= self.numel for t in (out if isinstance(out, (tuple, list)) else (out,))):
+            self.names.append(func.overloadpacket.__name__)
+        return out
+
+
+@pytest.mark.parametrize("mode,how,temperature", [("dot", "exact", 1.0), ("dot", "exact", 0.1), ("cosine", "exact", 0.1), ("cosine", "scores", 0.1)])
+def test_temperature_and_set_split_cost_nothing_at_input_resolution(mode, how, temperature):
+    """Forward of two centroid sets (5 and 3 valid classes) at 8x upsampling: at input resolution each
+    set's scores come straight from one upsampling (no division by T, no concatenation, no copy of a
+    split view), then one log-softmax, exp, multiplication (the entropy); exact cosine adds one division
+    by the upsampled norm per set."""
+    b, d, src, size = 2, 16, (6, 8), (48, 64)
+    e = embedding((b, d) + src)
+    sets = [(embedding((5, d), 1), torch.ones(5, dtype=torch.bool)), (embedding((4, d), 2), torch.tensor([True, True, False, True]))]
+    with InputResolutionOps(b * 3 * size[0] * size[1]) as ops:
+        alignment_entropies(e, sets, mode, temperature, size, how)
+    divide = ["div"] if (mode, how) == ("cosine", "exact") else []
+    per_set = ["upsample_bilinear2d", *divide, "_log_softmax", "exp", "mul"]
+    assert Counter(ops.names) == Counter(per_set + per_set)

@@ -40,7 +40,7 @@ def similarity(
         e = F.normalize(e, dim=1)
     elif mode != "dot":
         raise ValueError(f"unknown similarity '{mode}'; use 'cosine' or 'dot'")
-    return torch.einsum("bdhw,kd->bkhw", e, c) / temperature
+    return _divided(torch.einsum("bdhw,kd->bkhw", e, c), temperature)
 
 
 def upsampled_similarity(
@@ -70,21 +70,49 @@ def upsampled_similarity(
 
     A no-op resize (``size`` equal to the embedding's) is plain :func:`similarity`.
     """
-    if tuple(embedding.shape[-2:]) == tuple(size):
-        return similarity(embedding, centroids, mode, temperature)
+    (scores,) = _upsampled_similarities(embedding, [centroids], tuple(size), mode, temperature, cosine_upsample)
+    return scores
+
+
+def _divided(t: torch.Tensor, divisor: float) -> torch.Tensor:
+    """``t / divisor``, without a pass over ``t`` when the divisor is 1 (the paper's T)."""
+    return t if divisor == 1.0 else t / divisor
+
+
+def _upsampled_similarities(
+    embedding: torch.Tensor,
+    centroid_sets: Sequence[torch.Tensor],
+    size: tuple[int, int],
+    mode: Similarity,
+    temperature: float,
+    cosine_upsample: CosineUpsample,
+) -> list[torch.Tensor]:
+    """:func:`upsampled_similarity` for each centroid set.
+
+    All sets are scored in one product at feature resolution, where the temperature is applied
+    (upsampling is linear); each set's scores are then upsampled on their own, so no input-resolution
+    tensor is divided by the temperature, concatenated or split (each is contiguous). With exact cosine the upsampled norm is computed once
+    and the temperature folded into it.
+    """
     if mode not in ("cosine", "dot"):
         raise ValueError(f"unknown similarity '{mode}'; use 'cosine' or 'dot'")
     if cosine_upsample not in COSINE_UPSAMPLE:
         raise ValueError(f"unknown cosine_upsample '{cosine_upsample}'; use one of {', '.join(COSINE_UPSAMPLE)}")
-    c = F.normalize(centroids.float(), dim=1)
+    c = F.normalize(torch.cat(list(centroid_sets)).float(), dim=1)
     e = embedding.float()
-    if mode == "cosine" and cosine_upsample == "scores":
+    resized = tuple(e.shape[-2:]) != tuple(size)
+    exact_cosine = mode == "cosine" and cosine_upsample == "exact" and resized  # unresized: normalising is exact
+    if mode == "cosine" and not exact_cosine:
         e = F.normalize(e, dim=1)
-    scores = bilinear_upsample(torch.einsum("bdhw,kd->bkhw", e, c), tuple(size))
-    if mode == "cosine" and cosine_upsample == "exact":
-        norm = upsampled_sq_norm(e, tuple(size)).clamp_min(_EPS * _EPS).sqrt()  # = max(|up(E)|, eps), as F.normalize
-        scores = scores / norm.unsqueeze(1)
-    return scores / temperature
+    scores = torch.einsum("bdhw,kd->bkhw", e, c)
+    if not exact_cosine:
+        scores = _divided(scores, temperature)
+    parts = [bilinear_upsample(part, size) for part in scores.split([len(s) for s in centroid_sets], dim=1)]
+    if not exact_cosine:
+        return parts
+    norm = upsampled_sq_norm(e, size).clamp_min(_EPS * _EPS).sqrt()  # = max(|up(E)|, eps), as F.normalize
+    divisor = (norm if temperature == 1.0 else norm * temperature).unsqueeze(1)
+    return [part / divisor for part in parts]
 
 
 def nearest_centroid(
@@ -152,8 +180,9 @@ def alignment_entropies(
     """``alignment_entropy(upsample(embedding, size), c, valid, ...)`` for every ``(c, valid)`` of
     ``centroid_sets``, in order (``size`` None: the embedding's own resolution).
 
-    The valid centroids of all sets are scored in one pass (:func:`upsampled_similarity`), so the
-    embedding is normalised, and its upsampled norm computed, once per call rather than once per set.
+    The valid centroids of all sets are scored in one product at feature resolution, so the embedding
+    is normalised, and its upsampled norm computed, once per call rather than once per set; each set's
+    scores are upsampled on their own (contiguous, nothing split at input resolution).
     A set with no valid class gives 0 (with a graph), as :func:`masked_entropy`.
     """
     chosen = [c[valid] for c, valid in centroid_sets]
@@ -161,8 +190,5 @@ def alignment_entropies(
     if sum(counts) == 0:
         return [embedding.sum() * 0.0 for _ in chosen]
     size = tuple(embedding.shape[-2:]) if size is None else tuple(size)
-    scores = upsampled_similarity(embedding, torch.cat(chosen), size, mode, temperature, cosine_upsample)
-    return [
-        masked_entropy(part) if n > 0 else scores.sum() * 0.0
-        for part, n in zip(scores.split(counts, dim=1), counts)
-    ]
+    scores = iter(_upsampled_similarities(embedding, [c for c in chosen if len(c)], size, mode, temperature, cosine_upsample))
+    return [masked_entropy(next(scores)) if n > 0 else embedding.sum() * 0.0 for n in counts]
