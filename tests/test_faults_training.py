@@ -154,6 +154,30 @@ def test_a_process_exits_with_its_data_loading_workers_still_running():
     assert "DataLoader worker" not in out.stderr and "Traceback" not in out.stderr
 
 
+def test_the_workers_of_ended_loaders_are_no_longer_tracked(monkeypatch):
+    """A long run starts loaders again (resume, evaluation rounds): the exit list keeps only live workers."""
+    from univseg.data import workers
+
+    class Worker:
+        def __init__(self):
+            self.alive = True
+
+        def is_alive(self):
+            return self.alive
+
+    class LoaderIterator:
+        def __init__(self, procs):
+            self._workers = procs
+
+    monkeypatch.setattr(workers, "_TRACKED", [])
+    first, second = [Worker(), Worker()], [Worker()]
+    workers.tracked(LoaderIterator(first))
+    assert workers._TRACKED == first
+    first[0].alive = False
+    workers.tracked(LoaderIterator(second))
+    assert workers._TRACKED == [first[1], *second]
+
+
 def test_sigterm_to_an_experiment_says_to_rerun_it_and_the_rerun_resumes(tiny_raw, tmp_path):
     """``univseg experiment`` resumes by being run again (it has no --resume): its stop message says so."""
     tiny_raw["train"].update({"iters": 40, "eval_interval": 0, "checkpoint_interval": 1000, "log_interval": 1})

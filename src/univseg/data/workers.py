@@ -42,6 +42,6 @@ def tracked(iterator: Iterator[Any]) -> Iterator[Any]:
     """``iterator`` (of a DataLoader built with :func:`worker_options`), its workers ended at exit."""
     workers = getattr(iterator, "_workers", ())
     if workers:
-        _TRACKED.extend(workers)
+        _TRACKED[:] = [process for process in _TRACKED if process.is_alive()] + list(workers)  # forget ended loaders
         _end_workers_at_exit()
     return iterator
