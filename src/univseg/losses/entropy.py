@@ -91,8 +91,8 @@ def _upsampled_similarities(
 
     All sets are scored in one product at feature resolution, where the temperature is applied
     (upsampling is linear); each set's scores are then upsampled on their own, so no input-resolution
-    tensor is divided by the temperature, concatenated or split (each is contiguous). With exact cosine the upsampled norm is computed once
-    and the temperature folded into it.
+    tensor is divided by the temperature, concatenated or split (each is contiguous). With exact
+    cosine the upsampled norm is computed once and the temperature folded into it.
     """
     if mode not in ("cosine", "dot"):
         raise ValueError(f"unknown similarity '{mode}'; use 'cosine' or 'dot'")
