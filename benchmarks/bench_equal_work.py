@@ -21,7 +21,9 @@ after only: ``dot+ckpt`` (train.activation_checkpointing), ``dot+domain`` (train
 evaluation in bf16 where the CPU runs it natively; the training step stays fp32), ``dot+pass`` (train.backward: pass with
 method.unlabeled_forward: separate: one forward and backward per pass of 4 images, the official code's schedule; BatchNorm
 batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing);
-``dot+pass+release`` and ``dot+ckpt+pass+release`` (train.return_freed_memory: glibc's fixed mmap threshold).
+``dot+pass+release`` and ``dot+ckpt+pass+release`` (train.return_freed_memory: glibc's fixed mmap threshold);
+``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
+warm-up step and the first univ-full step include compiling).
 """
 from __future__ import annotations
 
@@ -54,6 +56,8 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+ckpt+pass": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true"], False),
     "dot+pass+release": ("univ-full", DOT + PASS + ["train.return_freed_memory=true"], False),
     "dot+ckpt+pass+release": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.return_freed_memory=true"], False),
+    "dot+pass+compile": ("univ-full", DOT + PASS + ["train.compile=true"], False),
+    "dot+ckpt+pass+compile": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.compile=true"], False),
 }
 
 

@@ -10,6 +10,7 @@ from univseg.cli import _load, build_parser
 from univseg.config import validate_config
 from univseg.engine.trainer import Trainer
 from univseg.errors import ConfigError
+from univseg.models.universal import UniversalModel
 
 
 @pytest.mark.parametrize(
@@ -22,21 +23,24 @@ def test_eval_amp_follows_train_amp_unless_set(tiny_raw, train_amp, eval_amp, ex
 
 
 def test_centroid_pass_and_evaluation_use_eval_amp_and_the_step_train_amp(tiny_raw, tmp_path):
-    """train.amp none + eval.amp bf16: every convolution of a training step is fp32, every one of the
-    centroid pass and of the evaluations bf16; eval_results.json records both precisions."""
+    """train.amp none + eval.amp bf16: every convolution of a training step is fp32 (in the model's
+    NCHW layout), every one of the centroid pass and of the evaluations bf16 and channels-last (the
+    fast layout of oneDNN's bf16 kernels); eval_results.json records both precisions."""
     tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "amp": "none"})
     tiny_raw["eval"]["amp"] = "bf16"
     trainer = Trainer(validate_config(tiny_raw), tmp_path, progress=False)
-    seen: dict[bool, set[torch.dtype]] = {True: set(), False: set()}  # model.training -> conv output dtypes
+    seen: dict[bool, set] = {True: set(), False: set()}  # model.training -> (conv output dtype, channels-last input)
     first_conv = next(m for m in trainer.model.modules() if isinstance(m, nn.Conv2d))
-    first_conv.register_forward_hook(lambda mod, inp, out: seen[mod.training].add(out.dtype))
+    first_conv.register_forward_hook(
+        lambda mod, inp, out: seen[mod.training].add((out.dtype, inp[0].is_contiguous(memory_format=torch.channels_last)))
+    )
     centroid_passes = []
     original = trainer.centroid_sums
     trainer.centroid_sums = lambda: centroid_passes.append(1) or original()
     trainer.run()
     assert centroid_passes, "univ-full never built its centroids: the test would not cover the centroid pass"
-    assert seen[True] == {torch.float32}
-    assert seen[False] == {torch.bfloat16}
+    assert seen[True] == {(torch.float32, False)}
+    assert seen[False] == {(torch.bfloat16, True)}
     results = json.loads((tmp_path / "eval_results.json").read_text())
     assert (results["amp"], results["train_amp"]) == ("bf16", "none")
 
@@ -55,3 +59,16 @@ def test_amp_flag_sets_the_verbs_own_precision(tiny_yaml, verb, key):
     other = "train" if key == "eval" else "eval"
     assert getattr(cfg, key).amp == "bf16"
     assert getattr(cfg, other).amp == {"train": "none", "eval": "train"}[other]
+
+
+def test_bf16_inference_in_channels_last_gives_the_logits_of_the_nchw_pass():
+    torch.manual_seed(0)
+    model = UniversalModel("erfnet", {"a": 5}, embed_dim=4, backbone_args={"width": 0.25}).eval()
+    x = torch.rand(2, 3, 40, 56) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        nchw = model(x)["a"]  # gradients on: the model's own (NCHW) layout
+        with torch.inference_mode():
+            nhwc = model(x)["a"]
+    assert nhwc.dtype == torch.bfloat16
+    torch.testing.assert_close(nhwc.float(), nchw.detach().float(), rtol=0.02, atol=0.05)
+    assert (nhwc.argmax(1) == nchw.argmax(1)).float().mean() > 0.99

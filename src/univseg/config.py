@@ -303,6 +303,12 @@ class TrainConfig(StrictModel):
         False, description="weights and activations in channels-last (NHWC) memory layout; often faster for convolutions "
         "on CPU (oneDNN) and on tensor-core GPUs; same numbers up to rounding"
     )
+    compile: bool = Field(
+        False, description="run the encoder and decoder through torch.compile (TorchInductor; on CPU it needs a C++ "
+        "compiler, on CUDA Triton): BatchNorm, activations and additions fused around the convolutions; the first "
+        "pass of each image size, train/eval mode and domain compiles (a minute or more), later ones run faster; "
+        "same numbers up to rounding"
+    )
     return_freed_memory: bool = Field(
         False, description="Linux/glibc: CPU tensor memory of 128 KiB or more goes back to the OS as soon as it is freed "
         "(a fixed malloc mmap threshold instead of glibc's dynamic one, under which freed activations stay in the "

@@ -156,6 +156,7 @@ class Trainer:
             init_from_checkpoint(self.model, cfg.model.init_from, self.heads, cfg.model.init_norm_from)
         self.model.encoder.activation_checkpointing = cfg.train.activation_checkpointing
         self.model.use_channels_last(cfg.train.channels_last)
+        self.model.use_compile(cfg.train.compile)
         if cfg.train.sync_bn and dist.world_size() > 1:
             if self.device.type != "cuda":
                 raise ConfigError(

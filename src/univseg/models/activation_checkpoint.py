@@ -5,7 +5,9 @@ there (``torch.utils.checkpoint``, non-reentrant): less memory for about one mor
 encoder. The recomputation must not change anything the first forward already did, so it runs
 with the BatchNorm running statistics frozen (they were updated once, by the first forward) and
 with the per-domain BatchNorm the first forward used (its ``active_domain`` context has ended by
-the time the backward runs).
+the time the backward runs). Under ``torch.compile`` the compiled graph's own recomputation
+replays the traced forward, whose BatchNorm and domain were fixed when it was traced and whose
+running-statistics updates are not part of what is recomputed; there the plain checkpoint is used.
 """
 from __future__ import annotations
 
@@ -43,6 +45,8 @@ def run_unit(unit: nn.Module, x: Tensor, enabled: bool) -> Tensor:
     """``unit(x)``, checkpointed when ``enabled``, the unit is training and gradients are on."""
     if not (enabled and unit.training and torch.is_grad_enabled()):
         return unit(x)
+    if torch.compiler.is_compiling():
+        return checkpoint(unit, x, use_reentrant=False)
     batch_norms = [m for m in unit.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     domains = [(m, m.active) for m in unit.modules() if isinstance(m, DomainBatchNorm2d)]
     return checkpoint(
