@@ -22,7 +22,7 @@ evaluation in bf16 where the CPU runs it natively; the training step stays fp32)
 method.unlabeled_forward: separate: one forward and backward per pass of 4 images, the official code's schedule; BatchNorm
 batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing);
 ``dot+pass+release`` and ``dot+ckpt+pass+release`` (train.return_freed_memory: glibc's fixed mmap threshold);
-``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
+``dot+pass+evalamp`` (both: the least-memory schedule with bf16 passes without gradients); ``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
 warm-up step and the first univ-full step include compiling).
 """
 from __future__ import annotations
@@ -56,6 +56,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+ckpt+pass": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true"], False),
     "dot+pass+release": ("univ-full", DOT + PASS + ["train.return_freed_memory=true"], False),
     "dot+ckpt+pass+release": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.return_freed_memory=true"], False),
+    "dot+pass+evalamp": ("univ-full", DOT + PASS + ["eval.amp=auto"], False),
     "dot+pass+compile": ("univ-full", DOT + PASS + ["train.compile=true"], False),
     "dot+ckpt+pass+compile": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.compile=true"], False),
 }
