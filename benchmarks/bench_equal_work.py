@@ -23,7 +23,10 @@ method.unlabeled_forward: separate: one forward and backward per pass of 4 image
 batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with activation checkpointing);
 ``dot+pass+release`` and ``dot+ckpt+pass+release`` (train.return_freed_memory: glibc's fixed mmap threshold);
 ``dot+pass+evalamp`` (both: the least-memory schedule with bf16 passes without gradients); ``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
-warm-up step and the first univ-full step include compiling).
+warm-up step and the first univ-full step include compiling); ``dot+early-ckpt+pass`` (train.activation_checkpointing
+on DRN-D-22's layer0-layer5 only: the high-resolution stages, much of the memory for little of the compute);
+``dot+pass+amp`` and ``dot+pass+amp+nhwc`` (train.amp and eval.amp auto -- bf16 where the CPU or GPU runs it
+natively, so not the official code's fp32 work -- without and with train.channels_last).
 """
 from __future__ import annotations
 
@@ -43,6 +46,8 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 DOT = ["method.similarity=dot", "method.temperature=1.0", "method.centroids.mode=frozen"]
 PASS = ["train.backward=pass", "method.unlabeled_forward=separate"]  # one backward per pass of 4 images, as the official code
+AMP = ["train.amp=auto", "eval.amp=auto"]  # bf16 where the hardware runs it natively, fp32 elsewhere
+EARLY_UNITS = "[layer0,layer1,layer2,layer3,layer4,layer5]"  # DRN-D-22's units up to the first dilated stage
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrides, also before)
     "dot": ("univ-full", DOT, True),
     "cosine": ("univ-full", [], True),
@@ -59,6 +64,9 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+pass+evalamp": ("univ-full", DOT + PASS + ["eval.amp=auto"], False),
     "dot+pass+compile": ("univ-full", DOT + PASS + ["train.compile=true"], False),
     "dot+ckpt+pass+compile": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.compile=true"], False),
+    "dot+early-ckpt+pass": ("univ-full", DOT + PASS + [f"train.activation_checkpointing={EARLY_UNITS}"], False),
+    "dot+pass+amp": ("univ-full", DOT + PASS + AMP, False),
+    "dot+pass+amp+nhwc": ("univ-full", DOT + PASS + AMP + ["train.channels_last=true"], False),
 }
 
 

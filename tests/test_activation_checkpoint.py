@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from univseg.config import validate_config
+from univseg.errors import ConfigError
 from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.trainer import Trainer
 from univseg.models.backbones import build_backbone
@@ -97,3 +98,38 @@ def test_channels_last_training_reaches_the_same_weights(tiny_raw, tmp_path):
         runs[flag] = Checkpoint.load(tmp_path / str(flag) / "latest.pt")
     for k, v in runs[False].model.items():
         torch.testing.assert_close(runs[True].model[k], v, rtol=1e-4, atol=1e-5)
+
+
+def test_named_units_are_the_only_ones_checkpointed():
+    """A list of submodule names checkpoints the units inside them: same numbers, memory in between."""
+    torch.manual_seed(0)
+    net = build_backbone("drn_d_22").train()
+    x = torch.randn(2, 3, 48, 64)
+    runs = {spec: forward_backward(copy.deepcopy(net), x, spec) for spec in (False, ("layer0", "layer1", "layer2"), True)}
+    out_a, grad_a, state_a, kept_none = runs[False]
+    out_b, grad_b, state_b, kept_early = runs[("layer0", "layer1", "layer2")]
+    kept_all = runs[True][3]
+    torch.testing.assert_close(out_b["out"], out_a["out"], rtol=0, atol=0)
+    for k in grad_a:
+        torch.testing.assert_close(grad_b[k], grad_a[k], rtol=1e-5, atol=1e-7, msg=k)
+    assert all(torch.equal(state_b[k], state_a[k]) for k in state_a)
+    assert kept_all < kept_early < kept_none
+    # naming the early stages saves most of what they keep (all but their inputs)
+    _, early_kept = saved_bytes(lambda: net.layer2(net.layer1(net.layer0(x))))
+    assert 0.6 * early_kept < kept_none - kept_early < early_kept
+
+
+def test_naming_a_submodule_selects_every_unit_inside_it():
+    net = build_backbone("resnet18")
+    net.activation_checkpointing = ["layer2"]
+    flags = {name: m._univseg_checkpointed for name, m in net.named_modules()}
+    assert flags["layer2.0"] and flags["layer2.1"] and not flags["layer1.0"] and not flags["layer3.1"]
+    assert net.activation_checkpointing == ("layer2",)
+
+
+def test_an_unknown_unit_name_is_a_config_error_naming_the_key_and_the_stages():
+    net = build_backbone("drn_d_22")
+    with pytest.raises(ConfigError, match=r"train.activation_checkpointing.*'layr2'.*Did you mean 'layer2'.*layer0, layer1") as err:
+        net.activation_checkpointing = ["layer0", "layr2"]
+    assert err.value.key == "train.activation_checkpointing"
+    assert net.activation_checkpointing is False

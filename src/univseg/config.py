@@ -295,9 +295,11 @@ class TrainConfig(StrictModel):
         "method.unlabeled_forward: separate a domain's labeled and unlabeled images are two passes, for the methods "
         "single, joint, univ-cross and univ-full)"
     )
-    activation_checkpointing: bool = Field(
+    activation_checkpointing: bool | list[str] = Field(
         False, description="keep only each encoder unit's input for the backward pass and recompute the unit there "
-        "(torch.utils.checkpoint): less memory for about one more encoder forward per step; same numbers"
+        "(torch.utils.checkpoint): less memory for about one more encoder forward per step; same numbers. true: every "
+        "unit; a list of encoder submodule names (e.g. [layer0, layer1, layer2, layer3] for DRN): only the units inside "
+        "them -- the high-resolution early stages hold much of the memory for little of the compute"
     )
     channels_last: bool = Field(
         False, description="weights and activations in channels-last (NHWC) memory layout; often faster for convolutions "

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError
-from ...registry import Registry
+from ...registry import Registry, suggest
 from ..activation_checkpoint import run_unit
 
 #: Checkpoint keys ending like this are BatchNorm counters; old checkpoints lack them and
@@ -48,8 +48,10 @@ class Backbone(nn.Module):
         checkpoint_prefixes: wrapper prefixes under which a full-model checkpoint stores the
             backbone (e.g. ``encoder.`` for a whole ERFNet). When a file has keys under one of
             them, only those keys are used, with the prefix removed.
-        activation_checkpointing: in training, keep only each unit's input and recompute the
-            unit in the backward pass (subclasses run their units through :meth:`unit`).
+        activation_checkpointing: in training, keep only a unit's input and recompute the unit in
+            the backward pass (subclasses run their units through :meth:`unit`): True for every
+            unit, False for none, or a tuple of submodule names (``named_modules`` paths, e.g.
+            ``("layer0", "layer1")``): the units that are, or lie inside, one of them.
     """
 
     out_channels: int
@@ -57,12 +59,33 @@ class Backbone(nn.Module):
     output_stride: int = 8
     ignored_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
     checkpoint_prefixes: tuple[str, ...] = ()
-    #: checkpoint each unit's activations in training (recomputed in the backward pass)
-    activation_checkpointing: bool = False
+    _activation_checkpointing: bool | tuple[str, ...] = False
+
+    @property
+    def activation_checkpointing(self) -> bool | tuple[str, ...]:
+        """Which units are activation-checkpointed in training: all (True), none (False) or those under the named submodules."""
+        return self._activation_checkpointing
+
+    @activation_checkpointing.setter
+    def activation_checkpointing(self, spec: bool | tuple[str, ...] | list[str]) -> None:
+        modules = dict(self.named_modules())
+        if not isinstance(spec, bool):
+            spec = tuple(spec)
+            unknown = [name for name in spec if not name or name not in modules]
+            if unknown:
+                stages = [name for name, _ in self.named_children()]
+                raise ConfigError(
+                    f"train.activation_checkpointing: {type(self).__name__} has no submodule {unknown[0]!r}.{suggest(unknown[0], list(modules))} "
+                    f"Name submodules of the encoder (its stages: {', '.join(stages)}), or use true for every unit",
+                    key="train.activation_checkpointing",
+                )
+        for name, module in modules.items():
+            module._univseg_checkpointed = spec if isinstance(spec, bool) else any(name == s or name.startswith(s + ".") for s in spec)
+        self._activation_checkpointing = spec
 
     def unit(self, unit: nn.Module, x: Tensor) -> Tensor:
-        """``unit(x)`` for one unit (stage or block) of ``forward_features``, activation-checkpointed when enabled."""
-        return run_unit(unit, x, self.activation_checkpointing)
+        """``unit(x)`` for one unit (stage or block) of ``forward_features``, activation-checkpointed when selected."""
+        return run_unit(unit, x, getattr(unit, "_univseg_checkpointed", False))
 
     def forward_features(self, x: Tensor) -> dict[str, Tensor]:  # pragma: no cover - abstract
         """``{"low": [B, low_level_channels, ~H/4, ~W/4], "out": [B, out_channels, ~H/s, ~W/s]}``
