@@ -25,8 +25,9 @@ batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with 
 ``dot+pass+evalamp`` (both: the least-memory schedule with bf16 passes without gradients); ``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
 warm-up step and the first univ-full step include compiling); ``dot+early-ckpt+pass`` (train.activation_checkpointing
 on DRN-D-22's layer0-layer5 only: the high-resolution stages, much of the memory for little of the compute);
-``dot+pass+amp`` and ``dot+pass+amp+nhwc`` (train.amp and eval.amp auto -- bf16 where the CPU or GPU runs it
-natively, so not the official code's fp32 work -- without and with train.channels_last).
+``dot+pass+amp`` and ``dot+pass+amp+nchw`` (train.amp and eval.amp auto -- bf16 where the CPU or GPU runs it
+natively, so not the official code's fp32 work -- with train.channels_last auto, i.e. channels-last for DRN-D-22,
+and with NCHW). Variants that do not set train.channels_last run the after code's default, auto.
 """
 from __future__ import annotations
 
@@ -66,7 +67,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+ckpt+pass+compile": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.compile=true"], False),
     "dot+early-ckpt+pass": ("univ-full", DOT + PASS + [f"train.activation_checkpointing={EARLY_UNITS}"], False),
     "dot+pass+amp": ("univ-full", DOT + PASS + AMP, False),
-    "dot+pass+amp+nhwc": ("univ-full", DOT + PASS + AMP + ["train.channels_last=true"], False),
+    "dot+pass+amp+nchw": ("univ-full", DOT + PASS + AMP + ["train.channels_last=false"], False),
 }
 
 

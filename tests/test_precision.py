@@ -8,6 +8,7 @@ from torch import nn
 
 from univseg.cli import _load, build_parser
 from univseg.config import validate_config
+from univseg.engine.precision import resolve_channels_last
 from univseg.engine.trainer import Trainer
 from univseg.errors import ConfigError
 from univseg.models.universal import UniversalModel
@@ -72,3 +73,40 @@ def test_bf16_inference_in_channels_last_gives_the_logits_of_the_nchw_pass():
     assert nhwc.dtype == torch.bfloat16
     torch.testing.assert_close(nhwc.float(), nchw.detach().float(), rtol=0.02, atol=0.05)
     assert (nhwc.argmax(1) == nchw.argmax(1)).float().mean() > 0.99
+
+
+@pytest.mark.parametrize(
+    "setting, device, amp, depthwise, expected",
+    [
+        ("auto", "cpu", "none", False, True),
+        ("auto", "cpu", "none", True, True),
+        ("auto", "cpu", "bf16", False, True),
+        ("auto", "cpu", "bf16", True, False),  # depthwise encoders: bf16 NHWC no faster on CPU
+        ("auto", "cuda", "none", False, False),
+        ("auto", "cuda", "bf16", True, True),
+        ("auto", "cuda", "fp16", False, True),
+        ("auto", "mps", "none", False, False),
+        (True, "cuda", "none", True, True),
+        (False, "cpu", "none", False, False),
+    ],
+)
+def test_channels_last_auto_resolution(setting, device, amp, depthwise, expected):
+    assert resolve_channels_last(setting, torch.device(device), amp, depthwise) is expected
+
+
+@pytest.mark.parametrize("backbone, amp, expected", [("erfnet", "none", True), ("mobilenet_v2", "bf16", False), ("mobilenet_v2", "none", True)])
+def test_channels_last_auto_is_the_default_and_is_recorded(tiny_raw, tmp_path, backbone, amp, expected):
+    """The default layout on CPU is channels-last, except bf16 training of a depthwise encoder;
+    the weights are stored in it, and eval_results.json records the layout the run trained in."""
+    del tiny_raw["train"]["channels_last"]
+    tiny_raw["model"] = {"backbone": backbone, "embed_dim": 8, **({"backbone_args": {"width": 0.25}} if backbone == "erfnet" else {})}
+    tiny_raw["train"].update({"amp": amp, "iters": 1, "eval_interval": 0})
+    tiny_raw["eval"]["max_images"] = 1
+    cfg = validate_config(tiny_raw)
+    assert cfg.train.channels_last == "auto"
+    trainer = Trainer(cfg, tmp_path, progress=False)
+    conv = next(m for m in trainer.model.encoder.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) is expected
+    assert conv.weight.is_contiguous() is not expected
+    trainer.run()
+    assert json.loads((tmp_path / "eval_results.json").read_text())["train_channels_last"] is expected

@@ -31,7 +31,7 @@ from ..utils.files import atomic_write_json
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import choose_head, evaluate, results_table, size_groups
 from .hooks import TrainerHook
-from .precision import autocast, resolve_amp
+from .precision import autocast, resolve_amp, resolve_channels_last
 from .predictor import Predictor
 from .tensorboard_hook import tensorboard_hooks
 from .workdir import WorkDirLock, prepare_work_dir
@@ -155,7 +155,8 @@ class Trainer:
         if cfg.model.init_from is not None:
             init_from_checkpoint(self.model, cfg.model.init_from, self.heads, cfg.model.init_norm_from)
         self.model.encoder.activation_checkpointing = cfg.train.activation_checkpointing
-        self.model.use_channels_last(cfg.train.channels_last)
+        self.channels_last = resolve_channels_last(cfg.train.channels_last, self.device, self.amp, self.model.encoder.depthwise)
+        self.model.use_channels_last(self.channels_last)
         self.model.use_compile(cfg.train.compile)
         if cfg.train.sync_bn and dist.world_size() > 1:
             if self.device.type != "cuda":
@@ -611,7 +612,7 @@ class Trainer:
         if self.start_iter < t.iters:
             self._after_eval(final_iter, results)
         self._save(self.latest_path, final_iter)
-        results = {**results, "iteration": final_iter, "best": self.best, "train_amp": self.amp}
+        results = {**results, "iteration": final_iter, "best": self.best, "train_amp": self.amp, "train_channels_last": self.channels_last}
         if dist.is_main():
             atomic_write_json(self.work_dir / "eval_results.json", results)
             if self.progress:

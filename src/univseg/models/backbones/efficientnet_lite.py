@@ -112,6 +112,8 @@ class EfficientNetLite(Backbone):
         output_stride: 8 or 16.
     """
 
+    depthwise = True
+
     ignored_checkpoint_prefixes = ("_fc.",)
 
     def __init__(self, stages: tuple[tuple[int, int, int, int, int], ...] = LITE0_STAGES, output_stride: int = 8) -> None:

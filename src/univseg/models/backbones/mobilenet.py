@@ -31,6 +31,8 @@ class MobileNetV2(Backbone):
         output_stride: 8 or 16.
     """
 
+    depthwise = True
+
     ignored_checkpoint_prefixes = ("classifier.",)
 
     def __init__(self, net: tvm.MobileNetV2, output_stride: int = 8) -> None:

@@ -60,6 +60,8 @@ class Backbone(nn.Module):
     ignored_checkpoint_prefixes: tuple[str, ...] = ("fc.",)
     checkpoint_prefixes: tuple[str, ...] = ()
     _activation_checkpointing: bool | tuple[str, ...] = False
+    #: built mostly of depthwise convolutions (train.channels_last: auto keeps bf16 training NCHW on CPU)
+    depthwise: bool = False
 
     @property
     def activation_checkpointing(self) -> bool | tuple[str, ...]:
