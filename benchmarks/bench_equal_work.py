@@ -27,7 +27,8 @@ warm-up step and the first univ-full step include compiling); ``dot+early-ckpt+p
 on DRN-D-22's layer0-layer5 only: the high-resolution stages, much of the memory for little of the compute);
 ``dot+pass+amp`` and ``dot+pass+amp+nchw`` (train.amp and eval.amp auto -- bf16 where the CPU or GPU runs it
 natively, so not the official code's fp32 work -- with train.channels_last auto, i.e. channels-last for DRN-D-22,
-and with NCHW). Variants that do not set train.channels_last run the after code's default, auto.
+and with NCHW); ``dot+pass+nchw`` (fp32 in NCHW). Variants that do not set train.channels_last run the after
+code's default, auto (channels-last on CPU; the code before 2026-12-05's last session ran NCHW).
 """
 from __future__ import annotations
 
@@ -59,6 +60,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+ckpt+domain": ("univ-full", DOT + ["train.activation_checkpointing=true", "train.backward=domain"], False),
     "dot+evalamp": ("univ-full", DOT + ["eval.amp=auto"], False),
     "dot+pass": ("univ-full", DOT + PASS, False),
+    "dot+pass+nchw": ("univ-full", DOT + PASS + ["train.channels_last=false"], False),
     "dot+ckpt+pass": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true"], False),
     "dot+pass+release": ("univ-full", DOT + PASS + ["train.return_freed_memory=true"], False),
     "dot+ckpt+pass+release": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.return_freed_memory=true"], False),
