@@ -11,6 +11,7 @@ from conftest import torchrun_train
 from univseg.config import validate_config
 from univseg.engine.checkpoint import Checkpoint
 from univseg.engine.trainer import Trainer
+from univseg.errors import ConfigError
 from univseg.models.universal import UniversalModel
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -89,3 +90,46 @@ def test_torchrun_two_processes_train_compiled(tiny_raw, tmp_path):
     assert results[True].iteration == 4 and results[True].data["world_size"] == 2
     for k, v in results[False].model.items():
         torch.testing.assert_close(results[True].model[k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def _compiled_saved_bytes(out: torch.Tensor) -> int:
+    """Bytes the compiled functions in ``out``'s graph keep for the backward pass."""
+    seen, stack, total = set(), [out.grad_fn], 0
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if "CompiledFunction" in type(node).__name__:
+            total += sum(t.numel() * t.element_size() for t in node.saved_tensors if t is not None)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return total
+
+
+def test_activation_memory_budget_keeps_fewer_activations_for_the_same_gradients():
+    """train.activation_memory_budget: the compiled pass keeps less for the backward pass, recomputes
+    the rest there, and gives the gradients of the unbudgeted compiled pass."""
+    torch.manual_seed(0)
+    base = UniversalModel("erfnet", {"a": 3}, embed_dim=4, backbone_args={"width": 0.25, "dropout": 0.0}).train()
+    base.freeze_bn = True
+    base.train()
+    x = torch.rand(2, 3, 32, 48) * 255
+    kept, grads = {}, {}
+    for budget in (1.0, 0.1):
+        torch._dynamo.reset()  # compiled code is shared by every model of a process: the first budget would stay
+        m = copy.deepcopy(base).use_compile(True, memory_budget=budget)
+        out = m(x, embed=True)
+        kept[budget] = _compiled_saved_bytes(out["a"])
+        (out["a"].logsumexp(1).mean() + out["embedding"].square().mean()).backward()
+        grads[budget] = {k: p.grad for k, p in m.named_parameters()}
+    assert 0 < kept[0.1] < 0.6 * kept[1.0], kept
+    for k, g in grads[1.0].items():
+        torch.testing.assert_close(grads[0.1][k], g, rtol=1e-4, atol=1e-6, msg=k)
+
+
+def test_activation_memory_budget_without_compile_is_a_config_error(tiny_raw):
+    tiny_raw["train"]["activation_memory_budget"] = 0.5
+    with pytest.raises(ConfigError, match=r"train: activation_memory_budget applies to compiled passes only: set train.compile: true"):
+        validate_config(tiny_raw)
+    tiny_raw["train"]["compile"] = True
+    assert validate_config(tiny_raw).train.activation_memory_budget == 0.5

@@ -10,12 +10,13 @@ from univseg.engine.checkpoint import Checkpoint
 
 
 @pytest.mark.parametrize(
-    "unlabeled_forward, norm, method",
-    [("together", "shared", "univ-full"), ("separate", "shared", "univ-full"), ("together", "domain", "univ-full"),
-     ("together", "domain", "univ-match")],
+    "unlabeled_forward, norm, method, channels_last",
+    [("together", "shared", "univ-full", "auto"), ("separate", "shared", "univ-full", False), ("together", "domain", "univ-full", False),
+     ("together", "domain", "univ-match", False)],
 )
-def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward, norm, method):
-    tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "checkpoint_interval": 2})
+def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled_forward, norm, method, channels_last):
+    # auto: the default layout, channels-last on CPU, through DDP's gradient buckets
+    tiny_raw["train"].update({"iters": 4, "eval_interval": 2, "checkpoint_interval": 2, "channels_last": channels_last})
     tiny_raw["method"]["name"] = method  # univ-match: strong views, feature perturbation and alignment through DDP
     tiny_raw["method"]["unlabeled_forward"] = unlabeled_forward  # aligned steps 3-4: one or two encoder passes per domain
     tiny_raw["model"]["norm"] = norm  # domain: one encoder pass and one set of BatchNorm statistics per domain
@@ -32,6 +33,7 @@ def test_torchrun_two_processes_train_and_evaluate(tiny_raw, tmp_path, unlabeled
     assert [r["iter"] for r in lines if "ent_cross" in r] == [3, 4]  # the unlabeled images went through DDP
     assert [r["iter"] for r in lines if "strong_city" in r] == ([1, 2, 3, 4] if method == "univ-match" else [])
     evals = json.loads((work / "eval_results.json").read_text())
+    assert evals["train_channels_last"] is (channels_last == "auto")
     # the val split (4 images per domain) is sharded over the 2 ranks and the confusion matrices summed
     assert evals["domains"]["city"]["pixels"] == 4 * 32 * 48 - _ignored(tiny_raw, "city")
     assert proc.stdout.count("checkpoints, metrics.jsonl") == 1

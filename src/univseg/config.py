@@ -303,15 +303,22 @@ class TrainConfig(StrictModel):
     )
     channels_last: bool | Literal["auto"] = Field(
         "auto", description="weights and activations in channels-last (NHWC) memory layout; same numbers up to rounding. "
-        "auto: on CPU (oneDNN's NHWC convolutions train every encoder 0.5-0.95x the time of NCHW in fp32 and bf16, "
-        "except bf16 with depthwise encoders -- mobilenet_v2, efficientnet_lite0 -- which stay NCHW) and on CUDA with "
-        "bf16/fp16 autocast (tensor cores); NCHW otherwise"
+        "auto: on CPU (a training step of every encoder took 0.53-0.97x the NCHW time in fp32 and of the others "
+        "0.69-0.88x in bf16; depthwise encoders -- mobilenet_v2, efficientnet_lite0 -- gain little or lose in bf16 and "
+        "stay NCHW there; benchmarks/bench_layout.py) and on CUDA with bf16/fp16 autocast (tensor cores); NCHW otherwise"
     )
     compile: bool = Field(
         False, description="run the encoder and decoder through torch.compile (TorchInductor; on CPU it needs a C++ "
         "compiler, on CUDA Triton): BatchNorm, activations and additions fused around the convolutions; the first "
         "pass of each image size, train/eval mode and domain compiles (a minute or more), later ones run faster; "
         "same numbers up to rounding"
+    )
+    activation_memory_budget: float = Field(
+        1.0, ge=0.0, le=1.0, description="with train.compile: the share of the activations the compiled passes may keep "
+        "for the backward pass (torch's min-cut partitioner then recomputes the cheapest operations -- BatchNorm, "
+        "activations first, convolutions last -- to stay under it; 1.0: as fast as it can, 0.0: recompute everything, like checkpointing "
+        "the whole compiled pass); less memory for more recomputation, same numbers up to rounding. The budget is read when "
+        "a pass compiles: runs in one process share compiled passes, so the first run's budget holds for the others"
     )
     return_freed_memory: bool = Field(
         False, description="Linux/glibc: CPU tensor memory of 128 KiB or more goes back to the OS as soon as it is freed "
@@ -327,6 +334,15 @@ class TrainConfig(StrictModel):
         "auto", description="TensorBoard scalars (loss terms, lr, eval mIoU) in <work_dir>/tensorboard/: auto = when "
         "the tensorboard package is installed; true needs it (pip install \"univseg[tensorboard]\")"
     )
+
+    @model_validator(mode="after")
+    def _check_memory_budget(self) -> "TrainConfig":
+        if self.activation_memory_budget < 1.0 and not self.compile:
+            raise ValueError(
+                "activation_memory_budget applies to compiled passes only: set train.compile: true, or leave the "
+                "budget at 1.0 (train.activation_checkpointing saves memory without compiling)"
+            )
+        return self
 
 
 class InferenceConfig(StrictModel):

@@ -157,7 +157,7 @@ class Trainer:
         self.model.encoder.activation_checkpointing = cfg.train.activation_checkpointing
         self.channels_last = resolve_channels_last(cfg.train.channels_last, self.device, self.amp, self.model.encoder.depthwise)
         self.model.use_channels_last(self.channels_last)
-        self.model.use_compile(cfg.train.compile)
+        self.model.use_compile(cfg.train.compile, cfg.train.activation_memory_budget)
         if cfg.train.sync_bn and dist.world_size() > 1:
             if self.device.type != "cuda":
                 raise ConfigError(

@@ -1,7 +1,8 @@
 """The universal model: shared encoder and decoder, one segmentation head per domain, shared embedding head."""
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+import functools
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,17 @@ def _head(in_channels: int, num_classes: int, hidden: int) -> nn.Module:
         nn.ReLU(inplace=True),
         nn.Conv2d(hidden, num_classes, 1),
     )
+
+
+def _within_memory_budget(compiled: Callable[..., Any], budget: float) -> Callable[..., Any]:
+    """``compiled``, compiling (and so partitioning forward and backward) under activation memory ``budget``."""
+
+    @functools.wraps(compiled)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        with torch._functorch.config.patch(activation_memory_budget=budget):
+            return compiled(*args, **kwargs)
+
+    return run
 
 
 class UniversalModel(nn.Module):
@@ -93,12 +105,19 @@ class UniversalModel(nn.Module):
         self.memory_format = torch.channels_last if enabled else torch.contiguous_format
         return self.to(memory_format=self.memory_format)
 
-    def use_compile(self, enabled: bool = True) -> "UniversalModel":
+    def use_compile(self, enabled: bool = True, memory_budget: float = 1.0) -> "UniversalModel":
         """Run the encoder and decoder as one ``torch.compile``'d function (TorchInductor: BatchNorm,
         activations and additions fused around the convolutions), or eagerly again. Weights and
         state_dict keys are unchanged; compiling happens at the first pass of each input shape,
-        train/eval mode and domain (per-domain BatchNorm)."""
-        self._trunk = torch.compile(self._encode_decode) if enabled else self._encode_decode
+        train/eval mode and domain (per-domain BatchNorm). ``memory_budget`` < 1: the compiled
+        training passes keep at most that share of their activations for the backward pass
+        (torch's ``activation_memory_budget``: the partitioner recomputes the cheapest operations)."""
+        if not enabled:
+            self._trunk = self._encode_decode
+        elif memory_budget < 1.0:
+            self._trunk = _within_memory_budget(torch.compile(self._encode_decode), memory_budget)
+        else:
+            self._trunk = torch.compile(self._encode_decode)
         return self
 
     @property
