@@ -25,6 +25,8 @@ batch statistics then come from 4 images instead of 8), ``dot+ckpt+pass`` (with 
 ``dot+pass+evalamp`` (both: the least-memory schedule with bf16 passes without gradients); ``dot+pass+compile`` and ``dot+ckpt+pass+compile`` (train.compile: encoder and decoder through torch.compile; the
 warm-up step and the first univ-full step include compiling); ``dot+early-ckpt+pass`` (train.activation_checkpointing
 on DRN-D-22's layer0-layer5 only: the high-resolution stages, much of the memory for little of the compute);
+``dot+ckpt0-6+pass+compile`` (compiled, every unit checkpointed but the last two, layer7 and layer8, whose
+recomputation costs a fifth of the encoder's forward for two 512-channel maps per pass);
 ``dot+pass+amp`` and ``dot+pass+amp+nchw`` (train.amp and eval.amp auto -- bf16 where the CPU or GPU runs it
 natively, so not the official code's fp32 work -- with train.channels_last auto, i.e. channels-last for DRN-D-22,
 and with NCHW); ``dot+pass+nchw`` (fp32 in NCHW). Variants that do not set train.channels_last run the after
@@ -50,6 +52,7 @@ DOT = ["method.similarity=dot", "method.temperature=1.0", "method.centroids.mode
 PASS = ["train.backward=pass", "method.unlabeled_forward=separate"]  # one backward per pass of 4 images, as the official code
 AMP = ["train.amp=auto", "eval.amp=auto"]  # bf16 where the hardware runs it natively, fp32 elsewhere
 EARLY_UNITS = "[layer0,layer1,layer2,layer3,layer4,layer5]"  # DRN-D-22's units up to the first dilated stage
+UNITS_0_6 = "[layer0,layer1,layer2,layer3,layer4,layer5,layer6]"  # all but DRN-D-22's two last (degridding) units
 VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrides, also before)
     "dot": ("univ-full", DOT, True),
     "cosine": ("univ-full", [], True),
@@ -68,6 +71,7 @@ VARIANTS: dict[str, tuple[str, list[str], bool]] = {  # name -> (method, overrid
     "dot+pass+compile": ("univ-full", DOT + PASS + ["train.compile=true"], False),
     "dot+ckpt+pass+compile": ("univ-full", DOT + PASS + ["train.activation_checkpointing=true", "train.compile=true"], False),
     "dot+early-ckpt+pass": ("univ-full", DOT + PASS + [f"train.activation_checkpointing={EARLY_UNITS}"], False),
+    "dot+ckpt0-6+pass+compile": ("univ-full", DOT + PASS + [f"train.activation_checkpointing={UNITS_0_6}", "train.compile=true"], False),
     "dot+pass+amp": ("univ-full", DOT + PASS + AMP, False),
     "dot+pass+amp+nchw": ("univ-full", DOT + PASS + AMP + ["train.channels_last=false"], False),
 }
