@@ -1,16 +1,19 @@
 #!/usr/bin/env python
-"""Training-step time in NCHW and channels-last (NHWC) layout, per backbone and precision.
+"""Training-step (or inference) time in NCHW and channels-last (NHWC) layout, per backbone and precision.
 
     python benchmarks/bench_layout.py [--backbones drn_d_22 resnet18 ...] [--amp none bf16]
                                       [--batch 8] [--height 180] [--width 240] [--steps 4]
-                                      [--repeats 2] [--device cpu] [--json benchmarks/out/bench_layout.json]
+                                      [--repeats 2] [--device cpu] [--mode train|inference]
+                                      [--json benchmarks/out/bench_layout.json]
 
 The evidence behind ``train.channels_last: auto``. For each backbone and autocast precision, a
 :class:`univseg.models.universal.UniversalModel` (one 11-class head, 100-d embedding, random
 weights) takes SGD steps on a random batch in both layouts, the layouts alternating ``--repeats``
 times in this one process; a layout's time is its fastest step after the first of each round. The
 ratio NHWC / NCHW below 1 means channels-last trains faster; the last column is what ``auto``
-picks for that backbone, precision and device. Threads: torch's default (set OMP_NUM_THREADS to
+picks for that backbone, precision and device. ``--mode inference`` times eval-mode forward passes
+under ``torch.inference_mode`` instead (weights and input in the layout; the last column is then
+the training choice, for reference). Threads: torch's default (set OMP_NUM_THREADS to
 change); the machine, its CPU flags and the load are printed and written with the table.
 """
 from __future__ import annotations
@@ -27,7 +30,7 @@ DEFAULT_BACKBONES = ["drn_d_22", "resnet18", "mobilenet_v2", "efficientnet_lite0
 
 
 def step_time(backbone: str, amp: str, channels_last: bool, args: argparse.Namespace) -> float:
-    """Fastest of ``args.steps - 1`` training steps (the first one warms up) in one layout."""
+    """Fastest of ``args.steps - 1`` training steps or forward passes (the first one warms up) in one layout."""
     import torch
 
     from univseg.engine.precision import autocast
@@ -35,18 +38,23 @@ def step_time(backbone: str, amp: str, channels_last: bool, args: argparse.Names
 
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = UniversalModel(backbone, {"a": 11}, embed_dim=100).to(device).use_channels_last(channels_last).train()
+    training = args.mode == "train"
+    model = UniversalModel(backbone, {"a": 11}, embed_dim=100).to(device).use_channels_last(channels_last).train(training)
     x = torch.rand(args.batch, 3, args.height, args.width, device=device) * 255
     opt = torch.optim.SGD(model.parameters(), lr=1e-3)
     times = []
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        with autocast(device, amp):
-            logits = model(x)["a"]
-        loss = logits.float().logsumexp(1).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if training:
+            with autocast(device, amp):
+                logits = model(x)["a"]
+            loss = logits.float().logsumexp(1).mean()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        else:
+            with torch.inference_mode(), autocast(device, amp):
+                model(x)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         times.append(time.perf_counter() - t0)
@@ -63,6 +71,7 @@ def main() -> int:
     p.add_argument("--steps", type=int, default=4, help="steps per layout and round (the first is not timed)")
     p.add_argument("--repeats", type=int, default=2, help="rounds of both layouts")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--mode", choices=["train", "inference"], default="train", help="time training steps or inference passes")
     p.add_argument("--json", type=Path, default=HERE / "out" / "bench_layout.json")
     args = p.parse_args()
     sys.path.insert(0, str(HERE))
@@ -89,7 +98,7 @@ def main() -> int:
     for r in rows:
         lines.append(f"| {r['backbone']} | {r['amp']} | {r['nchw_s']:.3f} | {r['nhwc_s']:.3f} | {r['ratio']:.2f} | "
                      f"{'NHWC' if r['auto_channels_last'] else 'NCHW'} |")
-    setting = f"batch {args.batch} x {args.height}x{args.width}, {args.device}, {info['torch_threads']} threads"
+    setting = f"{args.mode}, batch {args.batch} x {args.height}x{args.width}, {args.device}, {info['torch_threads']} threads"
     print("\n".join(lines) + f"\n\n{setting}; {info['cpu_model']}; bf16 native on CPU: {info['bf16_native_cpu']}; load {info['loadavg']}")
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps({"command": " ".join([Path(sys.executable).name, *sys.argv]), "machine": info,
