@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import yaml
 import torch
 from torch import nn
 
@@ -110,3 +111,33 @@ def test_channels_last_auto_is_the_default_and_is_recorded(tiny_raw, tmp_path, b
     assert conv.weight.is_contiguous() is not expected
     trainer.run()
     assert json.loads((tmp_path / "eval_results.json").read_text())["train_channels_last"] is expected
+
+
+def test_a_checkpoint_is_evaluated_in_the_layout_its_run_trained_in(tiny_raw, tmp_path):
+    """`univseg eval` of a channels-last run's checkpoint gives exactly the run's own evaluation
+    (the same kernels); a checkpoint from before train.channels_last existed loads NCHW."""
+    from univseg.cli import main
+    from univseg.engine.checkpoint import Checkpoint
+    from univseg.engine.predictor import Predictor
+
+    del tiny_raw["train"]["channels_last"]  # the default, auto: channels-last on CPU
+    tiny_raw["train"].update({"iters": 2, "eval_interval": 0})
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text(yaml.safe_dump(tiny_raw))
+    assert main(["train", str(cfg), "--work-dir", str(tmp_path / "run"), "--no-progress"]) == 0
+    stored = json.loads((tmp_path / "run" / "eval_results.json").read_text())
+    assert stored["train_channels_last"] is True
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(cfg), str(tmp_path / "run" / "latest.pt"), "--out", str(out), "--no-progress"]) == 0
+    evaluated = json.loads(out.read_text())
+    for domain in ("city", "rural"):
+        assert evaluated["domains"][domain]["confusion"] == stored["domains"][domain]["confusion"], domain
+    predictor = Predictor.from_checkpoint(tmp_path / "run" / "latest.pt", device="cpu")
+    conv = next(m for m in predictor.model.encoder.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous()
+    old = Checkpoint.load(tmp_path / "run" / "latest.pt")
+    del old.config["train"]["channels_last"]
+    old.save(tmp_path / "old.pt")
+    conv = next(m for m in Predictor.from_checkpoint(tmp_path / "old.pt", device="cpu").model.encoder.modules()
+                if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1))
+    assert conv.weight.is_contiguous()

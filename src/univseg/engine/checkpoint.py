@@ -42,6 +42,7 @@ from ..data.label_space import LabelSpace
 from ..errors import CheckpointError
 from ..models.domain_norm import adapt_norm_keys
 from ..utils.files import atomic_torch_save
+from .precision import resolve_amp, resolve_channels_last
 
 FORMAT = "univseg-checkpoint"
 FORMAT_VERSION = 2
@@ -76,6 +77,13 @@ class Checkpoint:
         """The ``model`` section of the saved config; keys added since it was written take their
         defaults (e.g. ``norm: shared`` for a checkpoint from before per-domain norm)."""
         return {**ModelConfig().model_dump(mode="json"), **self.config["model"]}
+
+    def trained_channels_last(self, device: torch.device, depthwise_encoder: bool) -> bool:
+        """Whether the run's model was channels-last, ``train.channels_last`` and ``train.amp`` resolved
+        on ``device`` as training did (NCHW for a config without them, from before the key existed)."""
+        train = self.config.get("train", {})
+        amp = resolve_amp(train.get("amp", "none"), device)
+        return resolve_channels_last(train.get("channels_last", False), device, amp, depthwise_encoder)
 
     def save(self, path: str | Path, keep: int | None = None) -> None:
         """Write the record atomically to ``path`` (in the current format).

@@ -50,14 +50,17 @@ class Predictor:
     def from_checkpoint(
         cls, path: str | Path, device: str = "auto", amp: str = "auto", inference: InferenceSettings = InferenceSettings()
     ) -> "Predictor":
-        """Load a checkpoint written by training (safely: tensors only); ``inference`` as in the class."""
+        """Load a checkpoint written by training (safely: tensors only); ``inference`` as in the class.
+        The model takes the memory layout its run trained in on this device type, so that it
+        predicts exactly as the run's own evaluations did."""
         dev = resolve_device(device)
         ckpt = Checkpoint.load(path, map_location=dev)
         spaces = ckpt.label_spaces
         model_cfg = ModelConfig.model_validate({**ckpt.model_config, "pretrained": None, "init_from": None})
         model = build_model(model_cfg, {k: ls.num_classes for k, ls in spaces.items()})
         ckpt.load_weights(model, path)
-        return cls(model.to(dev), spaces, resolve_amp(amp, dev), inference)
+        model.to(dev).use_channels_last(ckpt.trained_channels_last(dev, model.encoder.depthwise))
+        return cls(model, spaces, resolve_amp(amp, dev), inference)
 
     @property
     def device(self) -> torch.device:
