@@ -112,12 +112,8 @@ class UniversalModel(nn.Module):
         train/eval mode and domain (per-domain BatchNorm). ``memory_budget`` < 1: the compiled
         training passes keep at most that share of their activations for the backward pass
         (torch's ``activation_memory_budget``: the partitioner recomputes the cheapest operations)."""
-        if not enabled:
-            self._trunk = self._encode_decode
-        elif memory_budget < 1.0:
-            self._trunk = _within_memory_budget(torch.compile(self._encode_decode), memory_budget)
-        else:
-            self._trunk = torch.compile(self._encode_decode)
+        trunk = torch.compile(self._encode_decode) if enabled else self._encode_decode
+        self._trunk = _within_memory_budget(trunk, memory_budget) if enabled and memory_budget < 1.0 else trunk
         return self
 
     @property
