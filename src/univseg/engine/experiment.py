@@ -5,6 +5,7 @@ Method keys (the rows):
     single-<D>            supervised on domain D only (scored elsewhere through class mappings)
     finetune-<A>-to-<B>   single-<A>, then fine-tuned on B's labels with a new head
     joint                 Univ-basic: all domains, supervised only
+    oracle                joint with every training image labeled: the ceiling of the semi-supervised rows
     univ-cross            + cross-domain entropy alignment
     univ-full             + within-domain entropy alignment
     adversarial           Hung et al. 2018, per domain, in one model
@@ -16,7 +17,9 @@ Method keys (the rows):
 
 run_experiment(): plan_runs() -> refuse run folders made with other settings -> for each seed and
 key: train (resume / skip when finished) ->
-rows() -> results.md / .csv / .json / .png in the output folder.
+rows() -> results.md / .csv / .json / .png in the output folder. With both a 'joint' and an 'oracle'
+row, every other row gets the share of the gap between them it closes ("gap closed", the way
+semi-supervised papers report it): (method - joint) / (oracle - joint).
 """
 from __future__ import annotations
 
@@ -34,7 +37,7 @@ from ..errors import ConfigError, TrainingStopped
 from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
 from ..utils.table import markdown_table
 from ..methods import METHODS
-from .experiment_options import KEY_FORMS, KEYED_METHODS, PLAIN_METHODS
+from .experiment_options import KEY_FORMS, KEYED_METHODS, ORACLE, PLAIN_METHODS
 
 
 @dataclass
@@ -71,6 +74,8 @@ def method_overrides(key: str, domain_names: list[str]) -> tuple[list[str], str 
             cycada = [f"method.cycada.source={a}", f"method.cycada.target={b}"]
             return ["method.name=cycada", f"method.domains=[{b}]", *cycada], f"single-{a}"
         return ["method.name=single", f"method.domains=[{b}]"], f"single-{a}"
+    if key == ORACLE:
+        return ["method.name=joint", *(f"domains.{d}.labeled={{fraction: 1.0}}" for d in domain_names)], None
     if key in METHODS and key not in KEYED_METHODS:
         return [f"method.name={key}"], None
     raise ConfigError(
@@ -175,7 +180,7 @@ def run_experiment(
                 ) from None
         results.setdefault(run.key, {})[run.seed] = res
     wanted = list(methods or base.experiment.methods or default_methods(base))
-    rows = summarize({k: results[k] for k in wanted}, [d.name for d in base.domains])
+    rows = add_gap_closed(summarize({k: results[k] for k in wanted}, [d.name for d in base.domains]), [d.name for d in base.domains])
     write_results(out, rows, [d.name for d in base.domains], base)
     return rows
 
@@ -201,6 +206,24 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], domain_names: list[
     return rows
 
 
+def add_gap_closed(rows: list[dict[str, Any]], domain_names: list[str]) -> list[dict[str, Any]]:
+    """``rows`` with ``gap_closed_<column>`` (%) on every row but 'joint' and 'oracle' when both exist:
+    100 * (row - joint) / (oracle - joint) per domain and for the average (None where the oracle does
+    not lead joint or a value is missing)."""
+    by_key = {r["method"]: r for r in rows}
+    joint, oracle = by_key.get("joint"), by_key.get(ORACLE)
+    if joint is None or oracle is None:
+        return rows
+    for row in rows:
+        if row is joint or row is oracle:
+            continue
+        for col in [*domain_names, "average"]:
+            values = (row[col], joint[col], oracle[col])
+            gap = None if None in values else oracle[col] - joint[col]
+            row[f"gap_closed_{col}"] = round(100 * (row[col] - joint[col]) / gap, 1) if gap and gap > 0 else None
+    return rows
+
+
 def mean_std_cell(row: dict[str, Any], col: str) -> str | float | None:
     """A table cell of a summary row: 'mean ± std' over seeds when the row has a std, else the value."""
     if f"{col}_std" in row and row[col] is not None and row[f"{col}_std"] is not None:
@@ -211,17 +234,31 @@ def mean_std_cell(row: dict[str, Any], col: str) -> str | float | None:
 def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str], cfg: Config) -> None:
     """results.md (table), results.csv, results.json and results.png (bar chart) in ``out``."""
     headers = ["method", *domain_names, "average"]
-    table = markdown_table(headers, [[mean_std_cell(r, h) for h in headers] for r in rows])
+    cells = [[mean_std_cell(r, h) for h in headers] for r in rows]
+    if any("gap_closed_average" in r for r in rows):
+        headers.append("gap closed (average)")
+        for r, line in zip(rows, cells):
+            gap = r.get("gap_closed_average")
+            line.append("" if "gap_closed_average" not in r else "n/a" if gap is None else f"{gap:+.1f}%")
+    table = markdown_table(headers, cells)
     seeds = sorted({s for r in rows for s in r["seeds"]})
     note = (
         f"Config `{cfg.name}`; {cfg.train.iters} iterations per run; seeds {seeds}. mIoU (%) on each domain's "
         f"'{cfg.domains[0].val_split}' split in that domain's own label space (whole-image inference). Models "
         "without a head for a domain are scored through a class mapping into its label space.\n"
     )
+    if any("gap_closed_average" in r for r in rows):
+        note += (
+            "Gap closed: the share of the gap between 'joint' (labeled images only) and 'oracle' (every training "
+            "image labeled) that a row closes, 100 * (row - joint) / (oracle - joint) on the average column.\n"
+        )
     atomic_write_text(out / "results.md", f"# {cfg.name}: method comparison\n\n{note}\n{table}\n")
     atomic_write_json(out / "results.json", rows)
     buf = io.StringIO()
-    cols = ["method", *domain_names, "average"] + [f"{c}_std" for c in [*domain_names, "average"] if any(f"{c}_std" in r for r in rows)]
+    values = [*domain_names, "average"]
+    cols = ["method", *values] + [f"{c}_std" for c in values if any(f"{c}_std" in r for r in rows)] + [
+        f"gap_closed_{c}" for c in values if any(f"gap_closed_{c}" in r for r in rows)
+    ]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)

@@ -1,0 +1,61 @@
+"""The 'oracle' experiment row and the "gap closed" column."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from univseg.cli import main
+from univseg.engine.experiment import add_gap_closed, method_overrides
+
+
+def test_oracle_key_labels_every_training_image_of_every_domain():
+    overrides, dep = method_overrides("oracle", ["city", "rural"])
+    assert dep is None
+    assert overrides == ["method.name=joint", "domains.city.labeled={fraction: 1.0}", "domains.rural.labeled={fraction: 1.0}"]
+
+
+def test_gap_closed_is_the_formula_on_a_hand_made_table():
+    rows = [
+        {"method": "joint", "a": 50.0, "b": 60.0, "average": 55.0},
+        {"method": "oracle", "a": 60.0, "b": 60.0, "average": 60.0},
+        {"method": "unimatch", "a": 55.0, "b": 61.0, "average": 58.0},
+        {"method": "univ-full", "a": 48.0, "b": None, "average": None},
+    ]
+    out = {r["method"]: r for r in add_gap_closed(rows, ["a", "b"])}
+    # (55 - 50) / (60 - 50) = 50 %; b: the oracle does not lead joint -> undefined; average (58 - 55) / 5 = 60 %
+    assert out["unimatch"]["gap_closed_a"] == 50.0
+    assert out["unimatch"]["gap_closed_b"] is None
+    assert out["unimatch"]["gap_closed_average"] == 60.0
+    assert out["univ-full"]["gap_closed_a"] == -20.0 and out["univ-full"]["gap_closed_average"] is None
+    assert "gap_closed_a" not in out["joint"] and "gap_closed_a" not in out["oracle"]
+
+
+def test_no_gap_column_without_both_rows():
+    rows = [{"method": "joint", "a": 50.0, "average": 50.0}, {"method": "unimatch", "a": 52.0, "average": 52.0}]
+    assert add_gap_closed(rows, ["a"]) == rows and "gap_closed_a" not in rows[1]
+
+
+def test_experiment_with_oracle_writes_the_gap_closed_column(tiny_yaml, tmp_path, capsys):
+    out = tmp_path / "exp"
+    args = ["experiment", str(tiny_yaml), "--out", str(out), "--methods", "joint", "oracle", "univ-full",
+            "--set", "train.iters=2", "--set", "train.eval_interval=0", "--no-progress"]
+    assert main(args) == 0
+    config = (out / "runs" / "oracle" / "config.yaml").read_text()
+    assert config.count("fraction: 1.0") == 2 and "name: joint" in config
+    rows = {r["method"]: r for r in json.loads((out / "results.json").read_text())}
+    j, o, u = rows["joint"], rows["oracle"], rows["univ-full"]
+    gap = o["average"] - j["average"]
+    expected = None if gap <= 0 else round(100 * (u["average"] - j["average"]) / gap, 1)
+    assert u["gap_closed_average"] == expected
+    md = (out / "results.md").read_text()
+    assert "gap closed (average)" in md and "Gap closed:" in md
+    assert "gap_closed_average" in (out / "results.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.parametrize("key", ["oracle-city", "orcale"])
+def test_misspelt_oracle_names_the_key_forms(key):
+    from univseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="oracle"):
+        method_overrides(key, ["city", "rural"])
