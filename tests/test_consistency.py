@@ -227,3 +227,90 @@ def test_cross_domain_pseudo_labels_train_after_warmup_and_only_for_univ_match(t
     wrong["method"]["consistency"]["cross_domain"] = True
     with pytest.raises(ConfigError, match="method.consistency.cross_domain"):
         Trainer(validate_config(wrong), tmp_path / "wrong", progress=False)
+
+
+class RecordingModel(FixedModel):
+    """FixedModel that also keeps the inputs of its last call."""
+
+    def forward(self, inputs, **kwargs):
+        self.inputs = inputs
+        return super().forward(inputs, **kwargs)
+
+
+def reference_unimatch_loss(pred_x, mask_x, pred_u_w, pred_u_w_fp, pred_u_s1, pred_u_s2, ignore_mask, box1, box2, thresh):
+    """UniMatch's loss (Yang et al., CVPR 2023, Eq. 3-5 and the reference unimatch.py), transcribed
+    independently of univseg: the mixing partner of image i is image i + 1 (univseg's CutMix
+    partner); ``ignore_mask`` is 255 at padding. Returns (loss_x, loss_u_s1, loss_u_s2, loss_u_w_fp)."""
+    criterion_l = torch.nn.CrossEntropyLoss(ignore_index=255)
+    criterion_u = torch.nn.CrossEntropyLoss(reduction="none")
+    conf_u_w = pred_u_w.softmax(dim=1).max(dim=1)[0]
+    mask_u_w = pred_u_w.argmax(dim=1)
+    partner = [(i + 1) % pred_u_w.shape[0] for i in range(pred_u_w.shape[0])]
+    mask_u_w_mix, conf_u_w_mix, ignore_mask_mix = mask_u_w[partner], conf_u_w[partner], ignore_mask[partner]
+
+    def mixed(box):
+        mask, conf, ignore = mask_u_w.clone(), conf_u_w.clone(), ignore_mask.clone()
+        mask[box == 1] = mask_u_w_mix[box == 1]
+        conf[box == 1] = conf_u_w_mix[box == 1]
+        ignore[box == 1] = ignore_mask_mix[box == 1]
+        return mask, conf, ignore
+
+    def masked(pred, mask, conf, ignore):
+        loss = criterion_u(pred, mask) * ((conf >= thresh) & (ignore != 255))
+        return loss.sum() / (ignore != 255).sum().item()
+
+    loss_x = criterion_l(pred_x, mask_x)
+    loss_u_s1 = masked(pred_u_s1, *mixed(box1))
+    loss_u_s2 = masked(pred_u_s2, *mixed(box2))
+    loss_u_w_fp = masked(pred_u_w_fp, mask_u_w, conf_u_w, ignore_mask)
+    return loss_x, loss_u_s1, loss_u_s2, loss_u_w_fp
+
+
+def test_unimatch_matches_the_reference_loss_with_batch_four_two_views_cutmix_and_padding():
+    """Batch of 4 labeled + 4 unlabeled 6x7 images, 5 classes, two strong views with CutMix boxes,
+    padded pixels in two unlabeled images, threshold 0.95 (about a third of the pixels pass): every term
+    and the total equal the transcription of the reference loss to 1e-6, and the strong images the
+    model sees are the reference's CutMixed ones."""
+    g = torch.Generator().manual_seed(0)
+    b, k, h, w = 4, 5, 6, 7
+    space = {"a": LabelSpace.from_names("a", [f"c{i}" for i in range(k)])}
+    method = build_method(method_cfg("unimatch", 0.95), space, 8)
+    logits = torch.randn(4 * b, k, h, w, generator=g, dtype=torch.float64).float() * 4  # labeled | weak | s1 | s2
+    fp_logits = torch.randn(2 * b, k, h, w, generator=g).float() * 4
+    label = torch.randint(0, k, (b, h, w), generator=g)
+    label[0, :2] = 255  # void pixels in a labeled image
+    valid = torch.ones(b, h, w, dtype=torch.bool)
+    valid[1, :, 5:] = False  # padding of the weak view's crop
+    valid[3, 4:, :] = False
+    boxes = torch.zeros(b, 2, h, w, dtype=torch.bool)
+    boxes[0, 0, 1:4, 2:6] = True  # view 1 of image 0 takes a box of image 1 (which has padding there)
+    boxes[2, 0, 3:6, 0:3] = True  # view 1 of image 2 takes a box of image 3 (padding rows 4-5)
+    boxes[3, 1, 0:2, 1:5] = True  # view 2 of image 3 takes a box of image 0
+    strong = torch.randn(b, 2, 3, h, w, generator=g)
+    batch = {"a": {
+        "image": torch.randn(b, 3, h, w, generator=g), "label": label,
+        "unlabeled": torch.randn(b, 3, h, w, generator=g), "unlabeled_valid": valid, "strong": strong, "cutmix": boxes,
+    }}
+    model = RecordingModel(logits, fp_logits)
+    terms = method.losses(model, batch)
+
+    ignore_mask = torch.where(valid, 0, 255)
+    pred_x, pred_u_w, pred_u_s1, pred_u_s2 = logits.split(b)
+    loss_x, l_s1, l_s2, l_fp = reference_unimatch_loss(
+        pred_x, label, pred_u_w, fp_logits[b:], pred_u_s1, pred_u_s2, ignore_mask, boxes[:, 0].long(), boxes[:, 1].long(), 0.95
+    )
+    conf = pred_u_w.softmax(1).max(1)[0]
+    assert 0.2 < (conf >= 0.95).float().mean() < 0.8  # the threshold matters in this case
+    reference_u = 0.5 * l_fp + 0.25 * l_s1 + 0.25 * l_s2
+    assert terms["fp_a"].item() == pytest.approx(l_fp.item(), abs=1e-6)
+    assert terms["strong_a"].item() == pytest.approx(((l_s1 + l_s2) / 2).item(), abs=1e-6)
+    assert terms["unsup"].item() == pytest.approx(reference_u.item(), abs=1e-6)
+    # UniMatch halves (loss_x + L_u); univseg does not (the same with AdamW, see the module doc)
+    assert terms["loss"].item() == pytest.approx((loss_x + reference_u).item(), abs=1e-6)
+    # the strong images fed to the model: UniMatch's img_u_s[box == 1] = img_u_s_mix[box == 1]
+    for s in range(2):
+        want = strong[:, s].clone()
+        mix = strong[[1, 2, 3, 0], s]
+        box = boxes[:, s].unsqueeze(1).expand(want.shape)
+        want[box] = mix[box]
+        assert torch.equal(model.inputs["a"][1][s * b:(s + 1) * b], want)
