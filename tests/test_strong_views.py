@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from univseg.config import validate_config
-from univseg.data.domain import build_domain, collate
-from univseg.data.transforms import TRANSFORMS, Transform, TransformParams, build_transform, cutmix_box, register_transform
+from univseg.data.domain import SampleView, build_domain, collate
+from univseg.data.transforms import (
+    TRANSFORMS, Transform, TransformParams, build_transform, cutmix_box, load_arrays, register_transform,
+)
 from univseg.engine.trainer import Trainer
 from univseg.errors import ConfigError, DataError
 from univseg.methods import METHODS, Method
@@ -121,6 +123,31 @@ def test_valid_marks_the_padding_of_a_crop_larger_than_the_image(tiny_raw):
     assert valid[:H, 56 - W :].all() and not valid[H:].any() and not valid[:, : 56 - W].any()
     assert (image[:, ~valid] == 0).all() and torch.equal(image, d.unlabeled_view(0)[(0, 7)]["image"])
     assert d.unlabeled_view(1)[(1, 7)]["valid"].sum() == H * W
+
+
+def test_unlabeled_items_carry_their_labels_moved_with_the_weak_view_for_diagnostics(tiny_raw):
+    """The label of an unlabeled item goes through the weak view's crop (with padding) and flip exactly
+    as a labeled item's label does, padding becomes 255, and the image and draws do not change."""
+    pad_flip = [{"type": "random_crop", "size": [40, 56]}, {"type": "hflip"}]
+    d = city(tiny_raw, train_transforms=pad_flip)
+    with_labels, plain = d.unlabeled_view(1, with_labels=True), d.unlabeled_view(1)
+    ds, j = d.unlabeled.items[0]
+    labeled = SampleView([(ds, j)], d.unlabeled.transforms, with_labels=True)
+    for seed in range(3):
+        item, ref, lab = with_labels[(0, seed)], plain[(0, seed)], labeled[(0, seed)]
+        assert torch.equal(item["image"], ref["image"]) and torch.equal(item["strong"], ref["strong"])
+        assert torch.equal(item["label"], lab["label"]) and torch.equal(item["image"], lab["image"])
+        assert (item["label"][~item["valid"]] == 255).all() and (item["label"][item["valid"]] < 255).any()
+
+
+def test_geometric_weak_view_drops_the_photometric_train_transforms(tiny_raw):
+    flip_jitter = [{"type": "hflip", "p": 1.0}, {"type": "color_jitter", "brightness": 0.5, "p": 1.0}]
+    d = city(tiny_raw, train_transforms=flip_jitter)
+    ds, j = d.unlabeled.items[0]
+    image = load_arrays(ds.load_image(j), None)[0]
+    geometric, full = d.unlabeled_view(1, geometric_weak=True)[(0, 3)], d.unlabeled_view(1)[(0, 3)]
+    assert torch.equal(geometric["image"], image.flip(-1))
+    assert not torch.allclose(full["image"], image.flip(-1))
 
 
 def test_cutmix_boxes_follow_the_config_and_items_are_pure(tiny_raw):

@@ -10,7 +10,7 @@ import torch
 from ..errors import ConfigError, DataError, MissingLabelError
 from .base import SegDataset
 from .domain_config import UNIMATCH_STRONG_TRANSFORMS, CutMixConfig, DomainConfig
-from .label_space import LabelSpace
+from .label_space import IGNORE_INDEX, LabelSpace
 from .recipe import select_domain
 from .transforms import TRANSFORMS, Compose, build_transforms, cutmix_box, load_arrays
 
@@ -18,11 +18,13 @@ from .transforms import TRANSFORMS, Compose, build_transforms, cutmix_box, load_
 @dataclass(frozen=True)
 class StrongViews:
     """How an unlabeled item's ``count`` strong views are made: ``transforms`` (photometric) applied
-    to its weak view, each view with a CutMix box drawn by ``cutmix``."""
+    to its weak view, each view with a CutMix box drawn by ``cutmix``. With ``with_labels`` the item
+    also carries the image's label where the dataset has one (pseudo-label diagnostics only)."""
 
     transforms: Compose
     cutmix: CutMixConfig
     count: int
+    with_labels: bool = False
 
 
 class SampleView(torch.utils.data.Dataset):
@@ -37,7 +39,9 @@ class SampleView(torch.utils.data.Dataset):
 
     * ``valid``: bool [H,W], False where a crop or pad of the weak transforms added padding;
     * ``strong``: float32 [S,3,H,W], independent strong views of the weak view (same geometry);
-    * ``cutmix``: bool [S,H,W], each strong view's CutMix box (all False when none was drawn).
+    * ``cutmix``: bool [S,H,W], each strong view's CutMix box (all False when none was drawn);
+    * ``label`` (with ``strong.with_labels``): int64 [H,W], the weak view's label, all
+      :data:`IGNORE_INDEX` for an image without one; never used for training.
 
     Their randomness is drawn from the same generator after the weak view's.
 
@@ -78,23 +82,36 @@ class SampleView(torch.utils.data.Dataset):
             raise MissingLabelError(f"sample '{ds.sample_id(j)}' has no label but is used as labeled data")
         g = torch.Generator().manual_seed(int(seed))
         if self.strong is not None:
-            return {"index": i, **self._strong_item(load_arrays(image, None)[0], g)}
+            return {"index": i, **self._strong_item(*self._unlabeled_arrays(ds, j, image), g)}
         img, lab = self.transforms(*load_arrays(image, label), g)
         out = {"image": img, "index": i}
         if lab is not None:
             out["label"] = lab
         return out
 
-    def _strong_item(self, image: torch.Tensor, g: torch.Generator) -> dict[str, torch.Tensor]:
-        """The weak view of ``image``, its ``valid`` mask, strong views and CutMix boxes."""
+    def _unlabeled_arrays(self, ds: SegDataset, j: int, image: Any) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Image (and, with ``strong.with_labels``, the label or an all-ignore one) of unlabeled sample ``j``."""
         assert self.strong is not None
-        weak, valid = self.transforms.track_padding(image, g)
+        if not self.strong.with_labels:
+            return load_arrays(image, None)[0], None
+        try:
+            label = ds.load_pair(j)[1]
+        except DataError as e:
+            raise _in_domain(e, self.domain) from None
+        img, lab = load_arrays(image, label)
+        return img, torch.full(img.shape[-2:], IGNORE_INDEX, dtype=torch.int64) if lab is None else lab
+
+    def _strong_item(self, image: torch.Tensor, label: torch.Tensor | None, g: torch.Generator) -> dict[str, torch.Tensor]:
+        """The weak view of ``image``, its ``valid`` mask, strong views and CutMix boxes (and ``label``, moved alike)."""
+        assert self.strong is not None
+        weak, valid, label = self.transforms.track_padding(image, g, label)
         cm = self.strong.cutmix
         views, boxes = [], []
         for _ in range(self.strong.count):
             views.append(self.strong.transforms(weak, None, g)[0])
             boxes.append(cutmix_box((weak.shape[-2], weak.shape[-1]), cm.p, cm.area, cm.ratio, g))
-        return {"image": weak, "valid": valid, "strong": torch.stack(views), "cutmix": torch.stack(boxes)}
+        item = {"image": weak, "valid": valid, "strong": torch.stack(views), "cutmix": torch.stack(boxes)}
+        return item if label is None else {**item, "label": label}
 
 
 def _in_domain(e: DataError, domain: str | None) -> DataError:
@@ -119,16 +136,20 @@ class Domain:
     strong_transforms: Compose  # photometric, making the strong views of unlabeled images
     cutmix: CutMixConfig
 
-    def unlabeled_view(self, strong_views: int) -> SampleView | None:
+    def unlabeled_view(
+        self, strong_views: int, geometric_weak: bool = False, with_labels: bool = False
+    ) -> SampleView | None:
         """The unlabeled pool (None without one); with ``strong_views`` > 0 its items also carry
-        that many strong views, CutMix boxes and the ``valid`` mask (see :class:`SampleView`)."""
+        that many strong views, CutMix boxes and the ``valid`` mask (see :class:`SampleView`), the
+        weak view takes only the geometric train transforms with ``geometric_weak`` (UniMatch's weak
+        view), and items carry their labels with ``with_labels`` (diagnostics)."""
         if strong_views < 0:
             raise ValueError(f"strong_views must be >= 0, got {strong_views}")
         if self.unlabeled is None or strong_views == 0:
             return self.unlabeled
-        strong = StrongViews(self.strong_transforms, self.cutmix, strong_views)
-        return SampleView(self.unlabeled.items, self.unlabeled.transforms, with_labels=False, strong=strong,
-                          domain=self.unlabeled.domain)
+        strong = StrongViews(self.strong_transforms, self.cutmix, strong_views, with_labels)
+        weak = self.unlabeled.transforms.geometric() if geometric_weak else self.unlabeled.transforms
+        return SampleView(self.unlabeled.items, weak, with_labels=False, strong=strong, domain=self.unlabeled.domain)
 
 
 def build_strong_transforms(transforms: list[dict[str, Any]] | None, where: str, key: str) -> Compose:

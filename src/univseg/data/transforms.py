@@ -534,15 +534,25 @@ class Compose:
             image, label = t(image, label, g)
         return image, label
 
-    def track_padding(self, image: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def track_padding(
+        self, image: torch.Tensor, g: torch.Generator, label: Label = None
+    ) -> tuple[torch.Tensor, torch.Tensor, Label]:
         """Apply to an unlabeled ``image`` exactly as ``self(image, None, g)`` does (same output, same
         draws from ``g``); also return the bool [H,W] mask of the output's pixels that come from the
-        image (False where a crop or pad added padding)."""
-        _check_pair(image, None)
-        pad = torch.zeros(image.shape[-2:], dtype=torch.int64)
+        image (False where a crop or pad added padding) and ``label`` moved alongside (None without
+        one; :data:`IGNORE_INDEX` at padding). The label never steers the draws: it travels inside
+        the padding map, shifted past :data:`IGNORE_INDEX`."""
+        _check_pair(image, label)
+        shift = IGNORE_INDEX + 1
+        pad = torch.zeros(image.shape[-2:], dtype=torch.int64) if label is None else label + shift
         for t in self.transforms:
             image, pad = t.track_padding(image, pad, g)
-        return image, pad != IGNORE_INDEX
+        valid = pad != IGNORE_INDEX
+        return image, valid, None if label is None else torch.where(valid, pad - shift, IGNORE_INDEX)
+
+    def geometric(self) -> "Compose":
+        """The geometric transforms of this pipeline alone (crops, flips, scales), in order."""
+        return Compose([t for t in self.transforms if t.geometric])
 
     def __len__(self) -> int:
         return len(self.transforms)
