@@ -137,6 +137,28 @@ class ConsistencyConfig(StrictModel):
         description="unimatch / univ-match: share of the unlabeled loss taken by the feature-perturbed view; "
         "the strong image views share the rest equally (UniMatch: 0.5, i.e. 0.5 fp + 0.25 + 0.25)",
     )
+    weak_view: Literal["train", "geometric"] = Field(
+        "train",
+        description="the weak view of an unlabeled image: the domain's train_transforms (train) or only their "
+        "geometric ones (geometric: UniMatch's weak view, crops and flips without colour jitter)",
+    )
+    teacher: Literal["student", "ema"] = Field(
+        "student",
+        description="the model whose weak-view predictions are the pseudo-labels: the student itself, in the "
+        "training pass (FixMatch / UniMatch), or ema: an exponential moving average of its weights and BatchNorm "
+        "statistics, run in eval mode (Mean Teacher, Tarvainen & Valpola 2017; UniMatch V2, Yang et al. 2025)",
+    )
+    teacher_momentum: float = Field(
+        0.999, ge=0, lt=1,
+        description="ema teacher: its share of its own weights at each step, ramped as min(1 - 1/(t + 1), "
+        "momentum) from the student's weights at t = 0 (UniMatch V2: 0.996; Mean Teacher: 0.99-0.999)",
+    )
+    diagnostics: bool = Field(
+        False,
+        description="log the per-class precision and coverage of the confident pseudo-labels, scored against the "
+        "unlabeled images' own labels where the dataset has them on disk (benchmark splits; read for this log only, "
+        "never for training); the confident share and the unsupervised/supervised loss ratio are always logged",
+    )
     cross_domain: bool = Field(
         False, description="univ-match only (ours, no paper default): also pseudo-label each domain's unlabeled "
         "pixels in every other domain's label space, from that domain's head on the weak view where it is confident "

@@ -165,7 +165,7 @@ class Trainer:
                 )
             self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.model)
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
-        self.method.attach(RunContext(self.work_dir, cfg.train.iters, self._class_mapping, self._init_model))
+        self.method.attach(RunContext(self.work_dir, cfg.train.iters, self._class_mapping, self._init_model, self.model))
         self.optimizers: dict[str, torch.optim.Optimizer] = {
             MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, self.model.parameters())
         }
@@ -346,7 +346,8 @@ class Trainer:
                 rank=dist.rank() * k + micro, world_size=dist.world_size() * k,
             )
             loaders[name] = {"labeled": infinite_loader(d.labeled, d.batch_size, stream=stream, **args)}
-            unlabeled = d.unlabeled_view(self.method.strong_views) if self.method.needs_unlabeled else None
+            m = self.method
+            unlabeled = d.unlabeled_view(m.strong_views, m.geometric_weak, m.unlabeled_labels) if m.needs_unlabeled else None
             if unlabeled is not None and d.unlabeled_batch_size > 0:
                 loaders[name]["unlabeled"] = infinite_loader(unlabeled, d.unlabeled_batch_size, stream=stream + 1, **args)
         return loaders
@@ -358,7 +359,9 @@ class Trainer:
             b = {"image": lab["image"].to(self.device, non_blocking=True), "label": lab["label"].to(self.device, non_blocking=True)}
             if "unlabeled" in its:
                 unl = _same_size_batch(next(its["unlabeled"]), name, "unlabeled")
-                for key, into in (("image", "unlabeled"), ("valid", "unlabeled_valid"), ("strong", "strong"), ("cutmix", "cutmix")):
+                pairs = (("image", "unlabeled"), ("valid", "unlabeled_valid"), ("strong", "strong"), ("cutmix", "cutmix"),
+                         ("label", "unlabeled_label"))
+                for key, into in pairs:
                     if key in unl:
                         b[into] = unl[key].to(self.device, non_blocking=True)
             batches[name] = b
@@ -595,7 +598,7 @@ class Trainer:
             if (done % t.log_interval == 0 or done == t.iters) and steps:
                 elapsed = time.perf_counter() - tic
                 means = {k: v / count for k, v in running.items()} if count else {}
-                self._log({"iter": done, **means, "sec_per_iter": elapsed / steps})
+                self._log({"iter": done, **self.method.log_record(means), "sec_per_iter": elapsed / steps})
                 running, count, steps, tic = {}, 0, 0, time.perf_counter()
             if t.eval_interval and done % t.eval_interval == 0 and done != t.iters:
                 self._after_eval(done, self.evaluate())

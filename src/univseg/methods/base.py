@@ -15,14 +15,18 @@ Per iteration the trainer calls::
 
 Before training (and before a resumed run loads the method's state) the trainer calls
 ``method.attach(RunContext(...))``: the run's work dir, iteration budget, the class mappings
-evaluation uses and the model of ``model.init_from``, for methods that need more than their heads.
+evaluation uses, the model of ``model.init_from`` and the model being trained, for methods that
+need more than their heads. Every ``train.log_interval`` the trainer logs
+``method.log_record(means)``: the interval's mean terms, plus what the method derives from them.
 
 ``batches[domain]`` holds, for every domain of ``method.data_domains()`` (default: the heads'),
 ``image`` [B,3,H,W] and ``label`` [B,H,W] of labeled images and,
 when ``needs_unlabeled`` (and the domain has unlabeled images), ``unlabeled`` [B',3,H,W]. A method
 with ``strong_views = S > 0`` also gets, per unlabeled image, ``strong`` [B',S,3,H,W] (photometric
 strong views of the same crop), ``cutmix`` [B',S,H,W] (bool CutMix boxes) and
-``unlabeled_valid`` [B',H,W] (bool, False on padding).
+``unlabeled_valid`` [B',H,W] (bool, False on padding); its weak view (``unlabeled``) has only the
+geometric train transforms when ``geometric_weak``, and with ``unlabeled_labels`` the batch also
+holds ``unlabeled_label`` [B',H,W] (the images' labels, 255 where none: diagnostics only).
 """
 from __future__ import annotations
 
@@ -64,7 +68,7 @@ class AuxiliaryOptimizer:
 class RunContext:
     """What the trainer tells a method about its run (:meth:`Method.attach`).
 
-    ``class_mapping(src, dst)``: the mapping evaluation uses to score domain ``src``'s label space on
+    ``model``: the model being trained, on the run's device. ``class_mapping(src, dst)``: the mapping evaluation uses to score domain ``src``'s label space on
     domain ``dst`` (``eval.mappings``, else a built-in one; identity for equal label spaces), None when
     there is none. ``init_model()``: the model of ``model.init_from`` (eval mode, frozen, on the run's
     device) and its heads' label spaces; ConfigError when ``model.init_from`` is not set.
@@ -74,6 +78,7 @@ class RunContext:
     iters: int
     class_mapping: Callable[[str, str], ClassMapping | None]
     init_model: Callable[[], tuple[nn.Module, Mapping[str, LabelSpace]]]
+    model: nn.Module | None = None  # the model being trained (not wrapped for DistributedDataParallel)
 
 
 class Method(nn.Module):
@@ -82,6 +87,8 @@ class Method(nn.Module):
     needs_unlabeled: bool = False
     strong_views: int = 0  # strong views per unlabeled image: batches then hold strong, cutmix, unlabeled_valid
     splits_by_pass: bool = False  # losses() also takes a domain's labeled or unlabeled images alone (train.backward: pass)
+    geometric_weak: bool = False  # with strong views: the weak view takes only the geometric train transforms
+    unlabeled_labels: bool = False  # with strong views: batches also hold unlabeled_label (diagnostics only)
 
     def __init__(self, cfg: Any, label_spaces: Mapping[str, LabelSpace], embed_dim: int) -> None:
         super().__init__()
@@ -91,6 +98,10 @@ class Method(nn.Module):
 
     def attach(self, run: RunContext) -> None:
         """Hook once before training, with what the method may need from the run (nothing by default)."""
+
+    def log_record(self, means: Mapping[str, float]) -> dict[str, float]:
+        """The record logged for a log interval from its mean loss terms (default: the means themselves)."""
+        return dict(means)
 
     def data_domains(self) -> list[str]:
         """Domains whose batches ``losses`` receives: the heads' by default (a method may read others' data)."""

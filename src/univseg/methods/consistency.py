@@ -16,6 +16,13 @@ the paper's entropy alignment.
                 and it names the class of the nearest of j's centroids; head j's CE on the strong
                 views, weighted by ``cross_domain_weight`` (term ``cross_pl``).
 
+Levers (``method.consistency``): the threshold; ``teacher: ema``, pseudo-labels from an
+exponential moving average of the model in eval mode (Mean Teacher / UniMatch V2) instead of the
+training pass; ``weak_view: geometric``, UniMatch's weak view without colour jitter. Logged every
+step: each domain's share of confident valid pixels (``confident_<d>``) and, per log interval, the
+weighted unlabeled/supervised loss ratio (``unsup_to_sup``); with ``diagnostics`` the per-class
+precision and coverage of the confident pseudo-labels against the labels on disk (pseudo_labels.py).
+
 Total loss: sum over domains of CE(labeled) + weight * L_u (+ alignment). UniMatch's code halves
 the whole sum; with AdamW that changes nothing, with SGD it is half the learning rate.
 
@@ -36,7 +43,8 @@ from torch import nn
 from ..data.label_space import LabelSpace
 from ..errors import ConfigError
 from ..losses import nearest_centroid
-from .base import METHODS, Batches, Method
+from .base import METHODS, Batches, CentroidSource, Method, RunContext
+from .pseudo_labels import EmaTeacher, count_terms, diagnostic_record, pseudo_label_counts
 from .universal import UniversalSemiSupervised
 
 
@@ -107,6 +115,10 @@ class WeakToStrong(UniversalSemiSupervised):
         self.strong_views = strong_views
         self.feature_dropout = feature_dropout
         self.fp_weight = cfg.consistency.fp_weight if feature_dropout > 0 else 0.0
+        self.geometric_weak = cfg.consistency.weak_view == "geometric"
+        self.unlabeled_labels = cfg.consistency.diagnostics
+        self.teacher: EmaTeacher | None = None
+        self._student: list[nn.Module] = []  # the trained model (a list: not a submodule of the method)
         self.cross_domain = cfg.consistency.cross_domain
         if self.cross_domain and not self.aligns:
             raise ConfigError(
@@ -115,9 +127,26 @@ class WeakToStrong(UniversalSemiSupervised):
                 key="method.consistency.cross_domain",
             )
 
-    def before_step(self, iteration: int, centroid_source) -> None:
+    def attach(self, run: RunContext) -> None:
+        """With ``teacher: ema``, the teacher starts as a copy of the run's model (and is saved with the method)."""
+        if self.cfg.consistency.teacher == "ema":
+            if run.model is None:
+                raise ValueError("method.consistency.teacher: ema needs the run's model (RunContext.model)")
+            self._student = [run.model]
+            self.teacher = EmaTeacher(run.model, self.cfg.consistency.teacher_momentum)
+
+    def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
         if self.aligns:
             super().before_step(iteration, centroid_source)
+        if self.teacher is not None:
+            self.teacher.update(self._student[0], iteration)
+
+    def log_record(self, means: Mapping[str, float]) -> dict[str, float | None]:
+        """The interval's means, the weighted unlabeled/supervised loss ratio and the diagnostics' ratios."""
+        record = diagnostic_record(means, self.label_spaces)
+        if means.get("sup", 0.0) > 0 and "unsup" in means:
+            record["unsup_to_sup"] = self.cfg.consistency.weight * means["unsup"] / means["sup"]
+        return record
 
     def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         align = self.aligns and self.bank.ready
@@ -133,11 +162,12 @@ class WeakToStrong(UniversalSemiSupervised):
             inputs[d] = [torch.cat([b["image"], b["unlabeled"]]), torch.cat(mixed)]
         cross = align and self.cross_domain and len(self.label_spaces) > 1
         outputs = model(inputs, embed=align, feature_dropout=self.feature_dropout, all_heads=cross)
+        teacher = self._teacher_logits(batches, n_unlabeled)
 
         terms: dict[str, torch.Tensor] = {}
         total = self.supervised(outputs, n_labeled, batches, terms, update_bank=align)
         unlabeled = [
-            self._consistency(out[d], out.get("fp"), n_labeled[d], n_unlabeled[d], batches[d], d, terms)
+            self._consistency(out[d], out.get("fp"), n_labeled[d], n_unlabeled[d], batches[d], d, terms, teacher.get(d))
             for d, out in outputs.items()
             if n_unlabeled[d] > 0
         ]
@@ -154,6 +184,12 @@ class WeakToStrong(UniversalSemiSupervised):
             )
         terms["loss"] = total
         return terms
+
+    def _teacher_logits(self, batches: Batches, n_unlabeled: Mapping[str, int]) -> dict[str, torch.Tensor]:
+        """The EMA teacher's logits on each domain's weak views ({} without a teacher)."""
+        if self.teacher is None:
+            return {}
+        return self.teacher({d: b["unlabeled"] for d, b in batches.items() if n_unlabeled[d] > 0})
 
     def _cross_domain(
         self,
@@ -197,15 +233,24 @@ class WeakToStrong(UniversalSemiSupervised):
         batch: Mapping[str, torch.Tensor],
         domain: str,
         terms: dict[str, torch.Tensor],
+        teacher_logits: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """L_u of one domain from its rows: [labeled n | weak nu | strong views S * nu]."""
+        """L_u of one domain from its rows: [labeled n | weak nu | strong views S * nu]; the pseudo-labels
+        come from ``teacher_logits`` [nu,K,H,W] when given, else from the weak rows."""
+        weak = logits[n:n + nu] if teacher_logits is None else teacher_logits
         with torch.no_grad():
-            conf, pseudo = logits[n:n + nu].detach().float().softmax(1).max(1)
+            conf, pseudo = weak.detach().float().softmax(1).max(1)
             confident = conf >= self.cfg.consistency.threshold
         valid = batch["unlabeled_valid"]
         strong = strong_views_ce(logits[n + nu:], pseudo, confident, valid, batch["cutmix"])
         terms[f"strong_{domain}"] = strong.detach()
-        terms[f"confident_{domain}"] = (confident & valid).float().mean().detach()
+        terms[f"confident_{domain}"] = (confident & valid).sum() / valid.sum().clamp(min=1)
+        if "unlabeled_label" in batch:
+            space = self.label_spaces[domain]
+            counts = pseudo_label_counts(
+                pseudo, confident, valid, batch["unlabeled_label"], space.num_classes, space.ignore_index
+            )
+            terms.update(count_terms(domain, space, counts))
         if fp_logits is None or self.fp_weight == 0:
             return strong
         fp = masked_pseudo_label_ce(fp_logits[n:n + nu], pseudo, confident, valid)
