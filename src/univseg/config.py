@@ -280,6 +280,11 @@ class OptimizerConfig(StrictModel):
     momentum: float = Field(0.9, ge=0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
+    encoder_lr_factor: float = Field(
+        1.0, gt=0,
+        description="the encoder's learning rate as a share of lr (decoder, heads and embedding keep lr): below 1 "
+        "for a pretrained encoder under new heads (UniMatch: the heads at 10x the backbone's, i.e. 0.1)",
+    )
 
 
 class ScheduleConfig(StrictModel):
@@ -670,10 +675,10 @@ def save_config(cfg: Config, path: str | Path) -> None:
 
 
 # Keys that change neither what a run learns nor its evaluation (where the data lives, how fast
-# it is loaded, how often progress is logged or saved, the run's display name).
+# it is loaded, how often progress is logged or saved, the run's display name, what is logged).
 RESULT_NEUTRAL_KEYS = re.compile(
     r"^(name|experiment(\..*)?|train\.(num_workers|log_interval|checkpoint_interval|device|tensorboard)|eval\.batch_size"
-    r"|domains\[\d+\]\.dataset\.root)$"
+    r"|domains\[\d+\]\.dataset\.root|method\.consistency\.diagnostics)$"
 )
 
 

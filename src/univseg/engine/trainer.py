@@ -100,8 +100,21 @@ def poly_lr(cfg, iteration: int, total: int, base: float | None = None) -> float
     return lr
 
 
+def model_param_groups(model: UniversalModel, encoder_lr_factor: float) -> list[dict[str, Any]]:
+    """The model's parameters as optimizer groups: one group, or with ``encoder_lr_factor`` != 1 the
+    encoder's (``lr_factor`` = that share of the scheduled rate) and the rest's."""
+    if encoder_lr_factor == 1.0:
+        return [{"params": list(model.parameters())}]
+    encoder = {id(p) for p in model.encoder.parameters()}
+    return [
+        {"params": list(model.encoder.parameters()), "lr_factor": encoder_lr_factor},
+        {"params": [p for p in model.parameters() if id(p) not in encoder]},
+    ]
+
+
 def build_optimizer(cfg, params) -> torch.optim.Optimizer:
-    """SGD (momentum, weight decay) or AdamW from an OptimizerConfig."""
+    """SGD (momentum, weight decay) or AdamW from an OptimizerConfig; ``params`` may be groups with an
+    ``lr_factor`` (their share of the scheduled learning rate)."""
     if cfg.type == "sgd":
         return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     return torch.optim.AdamW(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -167,7 +180,7 @@ class Trainer:
         self.method: Method = build_method(cfg.method, self.heads, cfg.model.embed_dim).to(self.device)
         self.method.attach(RunContext(self.work_dir, cfg.train.iters, self._class_mapping, self._init_model, self.model))
         self.optimizers: dict[str, torch.optim.Optimizer] = {
-            MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, self.model.parameters())
+            MODEL_OPTIMIZER: build_optimizer(cfg.train.optimizer, model_param_groups(self.model, cfg.train.optimizer.encoder_lr_factor))
         }
         self.base_lrs: dict[str, float | None] = {MODEL_OPTIMIZER: None}  # None: the model's own lr
         for name, aux in self.method.auxiliary_optimizers().items():
@@ -480,7 +493,7 @@ class Trainer:
         for name, opt in self.optimizers.items():
             lrs[name] = poly_lr(self.cfg.train, iteration, self.cfg.train.iters, self.base_lrs[name])
             for group in opt.param_groups:
-                group["lr"] = lrs[name]
+                group["lr"] = lrs[name] * group.get("lr_factor", 1.0)
         return lrs
 
     def _nonfinite_terms(self, terms: Mapping[str, torch.Tensor]) -> list[str]:
