@@ -84,8 +84,11 @@ def decoded_images(page: Page) -> list[Image.Image]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory) -> Path:
-    """A tiny universal run (two domains, heads city and rural) trained through the command line."""
-    return train_tiny_with_cli(tmp_path_factory.mktemp("report"))[1]
+    """A tiny univ-match run (two domains, heads city and rural; centroids and pseudo-labels with their
+    diagnostics) trained through the command line."""
+    return train_tiny_with_cli(
+        tmp_path_factory.mktemp("report"), "method.name=univ-match", "method.consistency.diagnostics=true"
+    )[1]
 
 
 @pytest.fixture(scope="session")
@@ -118,6 +121,7 @@ def test_run_report_shows_the_runs_numbers_curves_matrices_and_predictions(tiny_
         assert len([e for e in page.find("img", data_kind="ground-truth") if e["table"].get("data-domain") == name]) == SAMPLES
     assert page.column({"class": "summary"})["mean"] == repr(results["mean_mIoU"])
     assert len(page.find("figure", class_="curves")) == 1
+    assert len(page.find("figure", class_="pseudo-labels")) == 1
     assert page.find("figure", class_="alignment") and (tiny_run / "latest_align" / "alignment.json").is_file()
     assert page.find("figure", class_="tsne") and (tiny_run / "tsne" / "tsne.png").is_file()
     images = decoded_images(page)
@@ -240,3 +244,18 @@ def test_damaged_metrics_skipped_steps_and_unmapped_predictions(tmp_path):
         assert [e["attrs"]["data-domain"] for e in page.find("figure", class_="confusion")] == ["d"]
         heights.append(decoded_images(page)[0].height)
     assert heights[1] > heights[0]  # a column (long vertical label) for the pixels the class mapping sends nowhere
+
+
+def test_pseudo_label_curves_plot_the_diagnostics_apart_from_the_loss_terms():
+    from univseg.viz.curves import loss_terms, pseudo_label_curves
+
+    records = [{"iter": i, "loss": 1.0 / i, "unsup": 0.1, "confident_a": 0.5 + 0.01 * i, "unsup_to_sup": 0.2,
+                "pl_precision_a": 0.8, "pl_coverage_a": 0.6, "pl_precision_a_road": 0.9, "pl_coverage_a_road": 0.7,
+                "pl_precision_a_car": None, "pl_coverage_a_car": 0.1, "lr": 0.1, "sec_per_iter": 1.0} for i in (1, 2, 3)]
+    assert loss_terms(records) == ["loss", "unsup"]
+    png = pseudo_label_curves(records, "run")
+    image = Image.open(io.BytesIO(png))
+    assert image.height > image.width / 2  # two rows of panels: overview and domain a's classes
+    assert pseudo_label_curves([{"iter": 1, "loss": 1.0}]) is None
+    plain = pseudo_label_curves([{k: v for k, v in r.items() if not k.startswith("pl_")} for r in records])
+    assert Image.open(io.BytesIO(plain)).height < image.height

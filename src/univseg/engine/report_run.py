@@ -24,7 +24,7 @@ from ..data.domain import Domain, build_domains
 from ..data.label_space import LabelSpace
 from ..errors import UnivsegError
 from ..utils.table import fmt
-from ..viz.curves import training_curves
+from ..viz.curves import pseudo_label_curves, training_curves
 from ..viz.heatmap import heatmap
 from ..viz.html import cell, esc, figure, img, is_png, note, section, swatches, table
 from ..viz.overlay import overlay
@@ -342,6 +342,9 @@ def curves(folder: Path, title: str) -> str:
         return note(f"no {path.name} in {folder}")
     records, bad = read_metrics(path)
     parts = [figure(img(training_curves(records, title), f"training curves of {title}"), f"{path}", class_="curves")]
+    pseudo = pseudo_label_curves(records, title)
+    if pseudo is not None:
+        parts.append(figure(img(pseudo, f"pseudo-label diagnostics of {title}"), f"pseudo-labels, {path}", class_="pseudo-labels"))
     skipped = [r["iter"] for r in records if r.get("skipped_step")]
     if skipped:
         parts.append(note(f"{len(skipped)} step(s) skipped for a non-finite loss, at iteration(s) {skipped}"))

@@ -3,7 +3,10 @@
     png = training_curves([json.loads(line) for line in open("work_dirs/demo/metrics.jsonl")])
 
 Four panels against the iteration: the loss terms, the learning rate, the seconds per iteration
-and the val mIoU (%) of every domain with their mean. Steps skipped for a non-finite loss are
+and the val mIoU (%) of every domain with their mean. Runs that make pseudo-labels get a second
+figure (:func:`pseudo_label_curves`): the share of confident pixels per domain, the weighted
+unlabeled/supervised loss ratio and, with ``method.consistency.diagnostics``, the per-class
+precision and coverage of the confident pseudo-labels. Steps skipped for a non-finite loss are
 marked by red lines on the loss panel. matplotlib draws on its Agg canvas directly (no pyplot, so
 no global backend or figure state); line colours follow the palette of the bar chart
 (:mod:`univseg.viz.chart`).
@@ -18,6 +21,9 @@ from ..errors import UnivsegError
 
 #: Keys of a training record that are not loss terms.
 NOT_TERMS = ("iter", "lr", "sec_per_iter")
+#: Prefixes and keys of the pseudo-label diagnostics (their own figure, not loss terms).
+PSEUDO_LABEL_PREFIXES = ("confident_", "pl_precision_", "pl_coverage_", "cross_kept_")
+PSEUDO_LABEL_KEYS = ("unsup_to_sup",)
 MATPLOTLIB_HINT = "pip install matplotlib"
 
 Record = Mapping[str, Any]
@@ -27,8 +33,13 @@ def loss_terms(records: Sequence[Record]) -> list[str]:
     """Names of the loss terms in the training records: ``loss`` first, then in order of appearance."""
     names: dict[str, None] = {}
     for r in records:
-        names.update((k, None) for k, v in r.items() if k not in NOT_TERMS and _is_number(v))
+        names.update((k, None) for k, v in r.items() if k not in NOT_TERMS and _is_number(v) and not is_diagnostic(k))
     return sorted(names, key=lambda n: n != "loss")
+
+
+def is_diagnostic(key: str) -> bool:
+    """Whether a record key is a pseudo-label diagnostic rather than a loss term."""
+    return key in PSEUDO_LABEL_KEYS or key.startswith(PSEUDO_LABEL_PREFIXES)
 
 
 def series(records: Sequence[Record], value: Any) -> tuple[list[int], list[float]]:
@@ -97,6 +108,41 @@ def training_curves(records: Sequence[Record], title: str = "") -> bytes:
     lines = [(d, *series(evals, lambda r, d=d: _pct(r["eval"].get(d)))) for d in domains]
     lines.append(("mean", *series(evals, lambda r: _pct(r.get("mean_mIoU")))))
     _plot(miou_ax, lines, "val mIoU", "mIoU (%)", "no evaluation yet", {"mean": {"color": "black", "linestyle": "--"}})
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", facecolor="white")
+    return buf.getvalue()
+
+
+def pseudo_label_curves(records: Sequence[Record], title: str = "") -> bytes | None:
+    """A PNG of the pseudo-label diagnostics of ``records`` (None when they hold none): the confident
+    share per domain and the unlabeled/supervised loss ratio, then per domain with diagnostics its
+    per-class precision and coverage (%), all classes together as a dashed black line."""
+    train = [r for r in records if "eval" not in r and not r.get("skipped_step")]
+    keys = list(dict.fromkeys(k for r in train for k in r if is_diagnostic(k)))
+    if not keys:
+        return None
+    confident = [k[len("confident_"):] for k in keys if k.startswith("confident_")]
+    detailed = [k[len("pl_precision_"):] for k in keys if k.startswith("pl_precision_") and k[len("pl_precision_"):] in confident]
+    figure_cls, canvas_cls = _canvas()
+    fig = figure_cls(figsize=(12, 4 * (1 + len(detailed))), dpi=90, layout="constrained")
+    canvas_cls(fig)
+    if title:
+        fig.suptitle(f"{title}: pseudo-labels")
+    axes = fig.subplots(1 + len(detailed), 2, squeeze=False)
+    cross = [k for k in keys if k.startswith("cross_kept_")]
+    _plot(axes[0][0], [(d, *series(train, lambda r, d=d: _pct(r.get(f"confident_{d}")))) for d in confident]
+          + [(k, *series(train, lambda r, k=k: _pct(r.get(k)))) for k in cross],
+          "confident pseudo-labels", "% of unlabeled pixels", "no pseudo-labels logged")
+    _plot(axes[0][1], [("unsup_to_sup", *series(train, lambda r: r.get("unsup_to_sup")))],
+          "unlabeled / supervised loss (weighted)", "ratio", "no ratio logged")
+    overall = {"all classes": {"color": "black", "linestyle": "--"}}
+    for row, d in enumerate(detailed, start=1):
+        for ax, kind in zip(axes[row], ("precision", "coverage")):
+            prefix = f"pl_{kind}_{d}_"
+            classes = [k[len(prefix):] for k in keys if k.startswith(prefix)]
+            lines = [(c, *series(train, lambda r, k=prefix + c: _pct(r.get(k)))) for c in classes]
+            lines.append(("all classes", *series(train, lambda r, k=f"pl_{kind}_{d}": _pct(r.get(k)))))
+            _plot(ax, lines, f"{d}: {kind} of confident pseudo-labels", f"{kind} (%)", "no labeled unlabeled pixels", overall)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", facecolor="white")
     return buf.getvalue()
