@@ -59,3 +59,42 @@ def test_misspelt_oracle_names_the_key_forms(key):
 
     with pytest.raises(ConfigError, match="oracle"):
         method_overrides(key, ["city", "rural"])
+
+
+def test_label_sweep_runs_each_count_shares_the_oracle_and_draws_the_curve(tiny_yaml, tmp_path, capsys):
+    """Two counts of labeled images per domain: each count's comparison in labels-<N>/ with its own
+    labeled subsets, one oracle run for both, label_efficiency.{md,csv,json,png} with a row per
+    (method, count), and a report that shows the sweep."""
+    from PIL import Image
+
+    from univseg.engine.report import write_report
+    from univseg.engine.report_run import ReportOptions
+
+    out = tmp_path / "sweep"
+    args = ["experiment", str(tiny_yaml), "--out", str(out), "--methods", "joint", "oracle", "--labels", "2", "6",
+            "--set", "train.iters=2", "--set", "train.eval_interval=0", "--no-progress"]
+    assert main(args) == 0
+    for n in (2, 6):
+        config = (out / f"labels-{n}" / "runs" / "joint" / "config.yaml").read_text()
+        assert config.count(f"count: {n}") == 2
+        assert not (out / f"labels-{n}" / "runs" / "oracle").exists()
+    assert (out / "oracle" / "eval_results.json").is_file()
+    rows = json.loads((out / "label_efficiency.json").read_text())
+    assert [(r["method"], r["labels"]) for r in rows] == [("joint", 2), ("oracle", 2), ("joint", 6), ("oracle", 6)]
+    oracle = [r["average"] for r in rows if r["method"] == "oracle"]
+    assert oracle[0] == oracle[1]  # the same run
+    per_count = {n: json.loads((out / f"labels-{n}" / "results.json").read_text()) for n in (2, 6)}
+    assert rows[0]["average"] == per_count[2][0]["average"] and rows[2]["average"] == per_count[6][0]["average"]
+    assert "| joint" in (out / "label_efficiency.md").read_text() and "2 labels" in (out / "label_efficiency.md").read_text()
+    assert (out / "label_efficiency.csv").read_text().splitlines()[0].startswith("method,labels,city,rural,average")
+    assert Image.open(out / "label_efficiency.png").size[0] > 300
+    capsys.readouterr()
+    assert main(args) == 0  # a rerun reuses every run, the oracle's included
+    assert capsys.readouterr().out.count("finished earlier") == 4
+    page = write_report(out, ReportOptions(samples=0, progress=False)).read_text()
+    assert 'class="label-efficiency"' in page and page.count('class="comparison"') == 2
+
+
+def test_label_counts_must_be_positive(tiny_yaml, tmp_path, capsys):
+    assert main(["experiment", str(tiny_yaml), "--out", str(tmp_path / "x"), "--labels", "0", "--no-progress"]) == 2
+    assert "--labels" in capsys.readouterr().err

@@ -118,12 +118,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    from .engine.experiment import run_experiment
+    from .engine.experiment import run_experiment, run_label_sweep
 
     config = resolve_config_path(args.config)
     out = Path(args.out) if args.out else Path("work_dirs") / f"{Path(args.config).stem}_experiment"
     overrides = list(args.set or []) + ([f"train.device={args.device}"] if args.device else [])
-    run_experiment(config, out, methods=args.methods, seeds=args.seeds, overrides=overrides, progress=not args.no_progress)
+    labels = args.labels or _load(args).experiment.labels
+    common = dict(methods=args.methods, seeds=args.seeds, overrides=overrides, progress=not args.no_progress)
+    if labels:
+        run_label_sweep(config, out, labels, **common)
+    else:
+        run_experiment(config, out, **common)
     return 0
 
 

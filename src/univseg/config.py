@@ -429,6 +429,11 @@ class ExperimentConfig(StrictModel):
         None, description="method keys: single-<domain>, finetune-<A>-to-<B>, joint, univ-cross, univ-full, adversarial (default: all)"
     )
     seeds: list[int] = Field(default_factory=list, description="seeds to repeat every method with (default: [seed])")
+    labels: list[PositiveInt] = Field(
+        default_factory=list,
+        description="labeled images per domain to repeat the comparison at (label efficiency: labels-<N>/ each and "
+        "label_efficiency.png); empty: each domain's own 'labeled' rule",
+    )
 
 
 class Config(StrictModel):

@@ -17,7 +17,10 @@ Method keys (the rows):
 
 run_experiment(): plan_runs() -> refuse run folders made with other settings -> for each seed and
 key: train (resume / skip when finished) ->
-rows() -> results.md / .csv / .json / .png in the output folder. With both a 'joint' and an 'oracle'
+rows() -> results.md / .csv / .json / .png in the output folder. run_label_sweep() repeats the
+comparison at several labeled-image counts per domain (``labels-<N>/`` each; the 'oracle' row, the
+same run at every count, trains once in ``oracle/``) and writes label_efficiency.md / .csv / .json /
+.png: mIoU against labels per domain, one line per method. With both a 'joint' and an 'oracle'
 row, every other row gets the share of the gap between them it closes ("gap closed", the way
 semi-supervised papers report it): (method - joint) / (oracle - joint).
 """
@@ -30,7 +33,7 @@ import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 from ..config import Config, config_changes, load_config
 from ..errors import ConfigError, TrainingStopped
@@ -89,8 +92,13 @@ def _check_domain(name: str, domain_names: list[str], key: str) -> None:
         raise ConfigError(f"method key '{key}': no domain '{name}'; domains: {', '.join(domain_names)}")
 
 
-def plan_runs(cfg: Config, out: Path, methods: list[str] | None = None, seeds: list[int] | None = None) -> list[Run]:
-    """Every (method, seed) run in dependency order; fine-tuning pulls in its single-domain run."""
+def plan_runs(
+    cfg: Config, out: Path, methods: list[str] | None = None, seeds: list[int] | None = None,
+    shared: Mapping[str, Path] | None = None,
+) -> list[Run]:
+    """Every (method, seed) run in dependency order; fine-tuning pulls in its single-domain run. Runs
+    of a key in ``shared`` live under that folder instead of ``out/runs/<key>``."""
+    shared = shared or {}
     keys = list(methods or cfg.experiment.methods or default_methods(cfg))
     seeds = list(seeds or cfg.experiment.seeds or [cfg.seed])
     names = [d.name for d in cfg.domains]
@@ -105,8 +113,8 @@ def plan_runs(cfg: Config, out: Path, methods: list[str] | None = None, seeds: l
     for seed in seeds:
         for key in ordered:
             overrides, dep = method_overrides(key, names)
-            sub = key if len(seeds) == 1 else f"{key}/seed{seed}"
-            runs.append(Run(key, seed, overrides + [f"seed={seed}"], dep, out / "runs" / sub))
+            folder = shared[key] if key in shared else out / "runs" / key
+            runs.append(Run(key, seed, overrides + [f"seed={seed}"], dep, folder if len(seeds) == 1 else folder / f"seed{seed}"))
     return runs
 
 
@@ -145,14 +153,16 @@ def run_experiment(
     seeds: list[int] | None = None,
     overrides: list[str] | None = None,
     progress: bool = True,
+    shared: Mapping[str, Path] | None = None,
 ) -> list[dict[str, Any]]:
-    """Train (or resume, or skip) every run, then write results.{md,csv,json,png}; returns the rows."""
+    """Train (or resume, or skip) every run, then write results.{md,csv,json,png}; returns the rows.
+    ``shared``: run folders of keys kept outside ``out`` (see :func:`plan_runs`)."""
     from .trainer import Trainer
 
     out = Path(out)
     overrides = list(overrides or [])
     base = load_config(config, overrides)
-    runs = plan_runs(base, out, methods, seeds)
+    runs = plan_runs(base, out, methods, seeds, shared)
     by_key_seed = {(r.key, r.seed): r for r in runs}
     configs = []
     for run in runs:
@@ -268,3 +278,63 @@ def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str]
     atomic_write(out / "results.png", lambda p: bar_chart(rows, [*domain_names, "average"], p))
     print(f"\n{table}\n\nresults.md, results.csv, results.json and results.png written to {out}")
 
+
+
+def label_overrides(count: int, domain_names: Sequence[str]) -> list[str]:
+    """Overrides labeling ``count`` images of every domain's train split."""
+    return [f"domains.{d}.labeled={{count: {count}}}" for d in domain_names]
+
+
+def run_label_sweep(
+    config: str | Path,
+    out: str | Path,
+    labels: Sequence[int],
+    methods: list[str] | None = None,
+    seeds: list[int] | None = None,
+    overrides: list[str] | None = None,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """The comparison at every count of ``labels`` (labeled images per domain) in ``out/labels-<N>``,
+    then label_efficiency.{md,csv,json,png} in ``out``; returns one row per (method, count)."""
+    out, overrides = Path(out), list(overrides or [])
+    if not labels or any(n < 1 for n in labels):
+        raise ConfigError(f"--labels: give one or more counts of labeled images per domain (>= 1), got {list(labels)}",
+                          key="experiment.labels")
+    names = [d.name for d in load_config(config, overrides).domains]
+    rows = []
+    for n in sorted(set(labels)):
+        print(f"=== {n} labeled images per domain -> {out / f'labels-{n}'}")
+        for row in run_experiment(config, out / f"labels-{n}", methods, seeds, overrides + label_overrides(n, names),
+                                  progress, shared={ORACLE: out / ORACLE}):
+            rows.append({"labels": n, **row})
+    write_label_efficiency(out, rows, names)
+    return rows
+
+
+def write_label_efficiency(out: Path, rows: list[dict[str, Any]], domain_names: list[str]) -> None:
+    """label_efficiency.md (average mIoU per method and count), .csv / .json (every column) and .png."""
+    counts = sorted({r["labels"] for r in rows})
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    by = {(r["method"], r["labels"]): r for r in rows}
+    headers = ["method", *(f"{n} labels" for n in counts)]
+    body = [[m, *(mean_std_cell(by[(m, n)], "average") if (m, n) in by else None for n in counts)] for m in methods]
+    table = markdown_table(headers, body)
+    note = ("Average over domains of the val mIoU (%) in each domain's own label space, mean ± std over seeds, "
+            "against the number of labeled images per domain (the other training images unlabeled). 'oracle' "
+            "labels every training image: the same run at every count.\n")
+    atomic_write_text(out / "label_efficiency.md", f"# Label efficiency\n\n{note}\n{table}\n")
+    atomic_write_json(out / "label_efficiency.json", rows)
+    values = [*domain_names, "average"]
+    cols = ["method", "labels", *values, *(f"{c}_std" for c in values if any(f"{c}_std" in r for r in rows))]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    atomic_write_text(out / "label_efficiency.csv", buf.getvalue())
+    from ..viz.chart import line_chart
+
+    lines = {m: [(by[(m, n)]["average"], by[(m, n)].get("average_std")) if (m, n) in by else (None, None) for n in counts]
+             for m in methods}
+    atomic_write(out / "label_efficiency.png", lambda p: line_chart(lines, [str(n) for n in counts], p,
+                                                                   "average mIoU (%)", "labeled images per domain"))
+    print(f"\n{table}\n\nlabel_efficiency.md, .csv, .json and .png written to {out}")

@@ -23,3 +23,7 @@ def add_experiment_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"method keys: {KEY_FORMS}, {', '.join(PLAIN_METHODS)} "
                         "(default: experiment.methods of the config, else all)")
     parser.add_argument("--seeds", nargs="+", type=int, help="repeat every method with these seeds (mean ± std)")
+    parser.add_argument("--labels", nargs="+", type=int, metavar="N",
+                        help="repeat the comparison with N labeled images per domain for each N (label efficiency: "
+                        "labels-<N>/ each, label_efficiency.png; default: experiment.labels of the config, else the "
+                        "config's own labeled rule)")

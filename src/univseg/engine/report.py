@@ -43,8 +43,14 @@ WHAT_TO_PASS = ("pass a training work dir (written by 'univseg train': metrics.j
 
 
 def is_experiment(folder: Path) -> bool:
-    """Whether ``folder`` holds the output of ``univseg experiment`` (results.json or runs/)."""
-    return (folder / "results.json").is_file() or (folder / "runs").is_dir()
+    """Whether ``folder`` holds the output of ``univseg experiment`` (results.json or runs/, or a label
+    sweep's label_efficiency.json)."""
+    return (folder / "results.json").is_file() or (folder / "runs").is_dir() or is_label_sweep(folder)
+
+
+def is_label_sweep(folder: Path) -> bool:
+    """Whether ``folder`` holds the output of ``univseg experiment --labels`` (label_efficiency.json)."""
+    return (folder / "label_efficiency.json").is_file()
 
 
 def folder_kind(folder: Path) -> str:
@@ -74,10 +80,14 @@ def comparison(folder: Path) -> str:
     if not rows:
         return note(f"no results.json in {folder} yet (the experiment has not finished)")
     fixed = {"method", "seeds", "average"}
-    columns = [k for k in rows[0] if k not in fixed and not k.endswith("_std")] + ["average"]
+    columns = [k for k in rows[0] if k not in fixed and not k.endswith("_std") and not k.startswith("gap_closed_")]
+    columns.append("average")
+    gap = any("gap_closed_average" in r for r in rows)
     body = [[cell(r["method"], header=True), *(cell(fmt(mean_std_cell(r, c)), value=r.get(c)) for c in columns),
+             *([cell(fmt(r.get("gap_closed_average")), value=r.get("gap_closed_average"))] if gap else []),
              cell(", ".join(map(str, r["seeds"])))] for r in rows]
-    parts = [table(["method", *columns, "seeds"], body, class_="comparison")]
+    headers = ["method", *columns, *(["gap closed (average, %)"] if gap else []), "seeds"]
+    parts = [table(headers, body, class_="comparison")]
     md = folder / "results.md"
     if md.is_file():
         parts += [f"<p>{esc(line)}</p>" for line in md.read_text().splitlines() if line.strip() and line[0] not in "#|"]
@@ -96,17 +106,45 @@ def experiment_runs(folder: Path) -> list[Path]:
     return sorted(runs, key=lambda p: (rank.get(p.relative_to(folder / "runs").parts[0], len(rank)), str(p)))
 
 
-def experiment_body(folder: Path, options: ReportOptions) -> tuple[str, Toc]:
-    """The comparison, then one part per run; the table of contents lists the runs."""
-    print("report: comparison")
-    parts = [section("comparison", "Method comparison", comparison(folder))]
-    toc = [("comparison", "Method comparison")]
+def label_efficiency(folder: Path) -> str:
+    """A label sweep's average mIoU per method (rows) and labeled-image count (columns), the note of
+    label_efficiency.md and the chart label_efficiency.png."""
+    rows = read_json(folder / "label_efficiency.json")
+    counts = sorted({r["labels"] for r in rows})
+    by = {(r["method"], r["labels"]): r for r in rows}
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    body = [[cell(m, header=True), *(cell(fmt(mean_std_cell(by[(m, n)], "average")), value=by[(m, n)].get("average"))
+                                     if (m, n) in by else cell("") for n in counts)] for m in methods]
+    parts = [table(["method", *(f"{n} labels" for n in counts)], body, class_="label-efficiency")]
+    md = folder / "label_efficiency.md"
+    if md.is_file():
+        parts += [f"<p>{esc(line)}</p>" for line in md.read_text().splitlines() if line.strip() and line[0] not in "#|"]
+    chart = folder / "label_efficiency.png"
+    if chart.is_file():
+        parts.append(png_figures([chart], "chart"))
+    return "".join(parts)
+
+
+def experiment_body(folder: Path, options: ReportOptions, prefix: str = "") -> tuple[str, Toc]:
+    """The comparison, then one part per run; the table of contents lists the runs. A label sweep:
+    the label-efficiency chart, then the experiment of every count."""
+    if is_label_sweep(folder):
+        print("report: label efficiency")
+        parts, toc = [section("label-efficiency", "Label efficiency", label_efficiency(folder))], [("label-efficiency", "Label efficiency")]
+        for sub in sorted((p for p in folder.glob("labels-*") if is_experiment(p)), key=lambda p: int(p.name.split("-")[1])):
+            body, sub_toc = experiment_body(sub, options, prefix=f"{sub.name}-")
+            parts.append(section(sub.name, f"{sub.name.split('-')[1]} labeled images per domain", body))
+            toc += [(sub.name, sub.name), *sub_toc]
+        return "".join(parts), toc
+    print(f"report: comparison {prefix.rstrip('-')}".rstrip())
+    parts = [section(f"{prefix}comparison", "Method comparison", comparison(folder))]
+    toc = [(f"{prefix}comparison", f"{prefix}Method comparison")]
     for i, run in enumerate(experiment_runs(folder)):
         label = run.relative_to(folder / "runs").as_posix()
-        anchor = f"run{i}"
+        anchor = f"{prefix}run{i}"
         body, _ = run_sections(run, label, anchor, options, level=3)
         parts.append(section(anchor, f"Run {label}", body))
-        toc.append((anchor, f"Run {label}"))
+        toc.append((anchor, f"Run {prefix}{label}"))
     return "".join(parts), toc
 
 
