@@ -138,7 +138,8 @@ def test_experiment_writes_table_and_skips_finished_runs(tiny_yaml, tmp_path, ca
     assert [r["method"] for r in rows] == ["single-city", "finetune-city-to-rural", "joint"]
     assert all(set(r) >= {"method", "city", "rural", "average"} for r in rows)
     csv_lines = (out / "results.csv").read_text().splitlines()
-    assert csv_lines[0] == "method,city,rural,average" and len(csv_lines) == 4
+    assert csv_lines[0] == "method,city,rural,average,minutes" and len(csv_lines) == 4
+    assert all(r["minutes"] is not None and 0 <= r["minutes"] < 5 for r in rows)  # the logged step times of each run
     assert (out / "results.md").read_text().count("|") > 10
     assert Image.open(out / "results.png").size[0] > 100
     capsys.readouterr()

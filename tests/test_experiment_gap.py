@@ -98,3 +98,13 @@ def test_label_sweep_runs_each_count_shares_the_oracle_and_draws_the_curve(tiny_
 def test_label_counts_must_be_positive(tiny_yaml, tmp_path, capsys):
     assert main(["experiment", str(tiny_yaml), "--out", str(tmp_path / "x"), "--labels", "0", "--no-progress"]) == 2
     assert "--labels" in capsys.readouterr().err
+
+
+def test_training_minutes_sum_the_logged_step_times(tmp_path):
+    from univseg.engine.experiment import training_minutes
+
+    records = [{"iter": 20, "loss": 1.0, "sec_per_iter": 3.0}, {"iter": 20, "eval": {"a": 0.5}},
+               {"iter": 40, "loss": 0.5, "sec_per_iter": 6.0}, {"iter": 50, "loss": 0.4, "sec_per_iter": 12.0}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    assert training_minutes(tmp_path) == pytest.approx((20 * 3 + 20 * 6 + 10 * 12) / 60)
+    assert training_minutes(tmp_path / "missing") is None

@@ -188,15 +188,31 @@ def run_experiment(
                     f"checkpoint {e.path}. Run the same command again to resume it (finished runs are reused)",
                     iteration=e.iteration, signal_name=e.signal_name, path=e.path,
                 ) from None
-        results.setdefault(run.key, {})[run.seed] = res
+        results.setdefault(run.key, {})[run.seed] = {**res, "train_minutes": training_minutes(run.work_dir)}
     wanted = list(methods or base.experiment.methods or default_methods(base))
     rows = add_gap_closed(summarize({k: results[k] for k in wanted}, [d.name for d in base.domains]), [d.name for d in base.domains])
     write_results(out, rows, [d.name for d in base.domains], base)
     return rows
 
 
+def training_minutes(work_dir: Path) -> float | None:
+    """Minutes of training of a run: the sum of its logged step times (metrics.jsonl; evaluation and
+    checkpoint writing excluded), None without a log."""
+    path = work_dir / "metrics.jsonl"
+    if not path.is_file():
+        return None
+    seconds, last = 0.0, 0
+    for line in path.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "sec_per_iter" in record:
+            seconds += record["sec_per_iter"] * (record["iter"] - last)
+            last = record["iter"]
+    return seconds / 60
+
+
 def summarize(results: dict[str, dict[int, dict[str, Any]]], domain_names: list[str]) -> list[dict[str, Any]]:
-    """One row per method: mIoU (%) per domain and their average; mean and std over seeds."""
+    """One row per method: mIoU (%) per domain and their average, mean and std over seeds, and the
+    mean training minutes of a run (``minutes``; None when a run has no log)."""
     rows = []
     for key, per_seed in results.items():
         samples: dict[str, list[float]] = {d: [] for d in [*domain_names, "average"]}
@@ -212,6 +228,8 @@ def summarize(results: dict[str, dict[int, dict[str, Any]]], domain_names: list[
             row[col] = round(statistics.fmean(values), 2) if values else None
             if len(per_seed) > 1:
                 row[f"{col}_std"] = round(statistics.stdev(values), 2) if len(values) > 1 else None
+        minutes = [res.get("train_minutes") for res in per_seed.values()]
+        row["minutes"] = round(statistics.fmean(minutes), 2) if minutes and None not in minutes else None
         rows.append(row)
     return rows
 
@@ -243,8 +261,8 @@ def mean_std_cell(row: dict[str, Any], col: str) -> str | float | None:
 
 def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str], cfg: Config) -> None:
     """results.md (table), results.csv, results.json and results.png (bar chart) in ``out``."""
-    headers = ["method", *domain_names, "average"]
-    cells = [[mean_std_cell(r, h) for h in headers] for r in rows]
+    headers = ["method", *domain_names, "average", "minutes"]
+    cells = [[mean_std_cell(r, h) if h in r else None for h in headers] for r in rows]
     if any("gap_closed_average" in r for r in rows):
         headers.append("gap closed (average)")
         for r, line in zip(rows, cells):
@@ -255,7 +273,8 @@ def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str]
     note = (
         f"Config `{cfg.name}`; {cfg.train.iters} iterations per run; seeds {seeds}. mIoU (%) on each domain's "
         f"'{cfg.domains[0].val_split}' split in that domain's own label space (whole-image inference). Models "
-        "without a head for a domain are scored through a class mapping into its label space.\n"
+        "without a head for a domain are scored through a class mapping into its label space. Minutes: training "
+        "time of one run (sum of its logged step times; mean over seeds).\n"
     )
     if any("gap_closed_average" in r for r in rows):
         note += (
@@ -266,7 +285,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], domain_names: list[str]
     atomic_write_json(out / "results.json", rows)
     buf = io.StringIO()
     values = [*domain_names, "average"]
-    cols = ["method", *values] + [f"{c}_std" for c in values if any(f"{c}_std" in r for r in rows)] + [
+    cols = ["method", *values, "minutes"] + [f"{c}_std" for c in values if any(f"{c}_std" in r for r in rows)] + [
         f"gap_closed_{c}" for c in values if any(f"gap_closed_{c}" in r for r in rows)
     ]
     writer = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")

@@ -79,9 +79,9 @@ def comparison(folder: Path) -> str:
     rows = read_json(folder / "results.json") if (folder / "results.json").is_file() else []
     if not rows:
         return note(f"no results.json in {folder} yet (the experiment has not finished)")
-    fixed = {"method", "seeds", "average"}
+    fixed = {"method", "seeds", "average", "minutes"}
     columns = [k for k in rows[0] if k not in fixed and not k.endswith("_std") and not k.startswith("gap_closed_")]
-    columns.append("average")
+    columns += ["average", "minutes"]
     gap = any("gap_closed_average" in r for r in rows)
     body = [[cell(r["method"], header=True), *(cell(fmt(mean_std_cell(r, c)), value=r.get(c)) for c in columns),
              *([cell(fmt(r.get("gap_closed_average")), value=r.get("gap_closed_average"))] if gap else []),
