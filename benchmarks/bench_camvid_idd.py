@@ -2,7 +2,7 @@
 
     python benchmarks/bench_camvid_idd.py [--setting erfnet|mobilenet] [--iters 500]
                                           [--out benchmarks/out/camvid_idd] [--data DIR]
-                                          [--methods KEY ...] [--seeds S ...] [--set KEY=VALUE ...]
+                                          [--methods KEY ...] [--seeds S ...] [--labels N ...] [--set KEY=VALUE ...]
 
 Runs `univseg experiment` with every method (the paper's rows single-camvid, single-idd,
 finetune-camvid-to-idd, joint, univ-cross, univ-full, adversarial, souly, cycada-camvid-to-idd, and
@@ -17,6 +17,8 @@ through the model). Settings:
 * ``mobilenet`` (issue 9): config camvid_idd_mobilenet, ImageNet MobileNetV2 + LR-ASPP, 180x240
   training crops, whole-image evaluation at the native resolution.
 
+With ``--labels N ...`` every count of labeled images per domain gets its comparison (``labels-<N>/``;
+the ``oracle`` row, every training image labeled, runs once) and ``label_efficiency.*`` is written.
 Re-running resumes; finished methods are reused.
 """
 from __future__ import annotations
@@ -33,7 +35,7 @@ from typing import Callable
 import torch
 
 from univseg.config import resolve_config_path
-from univseg.engine.experiment import run_experiment
+from univseg.engine.experiment import run_experiment, run_label_sweep
 from univseg.errors import EXIT_STOPPED, TrainingStopped, UnivsegError
 
 METHODS = [
@@ -88,21 +90,25 @@ def main() -> None:
     p.add_argument("--data", default=os.environ.get("UNIVSEG_DATA_ROOT", "../shared/data"), help="folder with camvid/ and idd_lite/")
     p.add_argument("--methods", nargs="+", default=METHODS, help="method keys")
     p.add_argument("--seeds", type=int, nargs="+", default=None, help="seeds (default: the config's seed, 0); several give mean ± std")
+    p.add_argument("--labels", type=int, nargs="+", default=None, help="labeled images per domain to sweep (label efficiency)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override (variants)")
     args = p.parse_args()
     tic = time.perf_counter()
     config, overrides = SETTINGS[args.setting]
     try:
-        rows = run_experiment(
-            resolve_config_path(config), Path(args.out), methods=args.methods, seeds=args.seeds,
-            overrides=overrides(Path(args.data), args.iters) + args.set, progress=False,
-        )
+        common = dict(methods=args.methods, seeds=args.seeds, overrides=overrides(Path(args.data), args.iters) + args.set,
+                      progress=False)
+        if args.labels:
+            rows = run_label_sweep(resolve_config_path(config), Path(args.out), args.labels, **common)
+        else:
+            rows = run_experiment(resolve_config_path(config), Path(args.out), **common)
     except UnivsegError as e:  # a stop on request or bad input: the message, as the command line prints it
         print(f"bench_camvid_idd: {e}", file=sys.stderr)
         raise SystemExit(EXIT_STOPPED if isinstance(e, TrainingStopped) else 2) from None
     minutes = (time.perf_counter() - tic) / 60
     info = {
-        "setting": args.setting, "minutes": round(minutes, 1), "iters": args.iters, "seeds": args.seeds, "cpu": platform.processor() or platform.machine(),
+        "setting": args.setting, "minutes": round(minutes, 1), "iters": args.iters, "seeds": args.seeds, "labels": args.labels,
+        "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(), "rows": rows,
     }
     (Path(args.out) / "benchmark.json").write_text(json.dumps(info, indent=2) + "\n")
