@@ -205,6 +205,10 @@ def test_training_logs_terms_updates_discriminators_and_decays_its_lr(full_run):
         assert all(math.isfinite(v) for v in r.values() if isinstance(v, float))
         assert r["adv"] > 0 and r["d_loss"] > 0
     assert [r["iter"] for r in logs if "semi" in r] == [4, 5, 6]  # semi_start = 3 iterations
+    for r in logs[3:]:  # self-training diagnostics: the confident share and the loss ratio of the interval
+        assert 0.0 <= r["confident_city"] <= 1.0 and 0.0 <= r["confident_rural"] <= 1.0
+        assert r["unsup_to_sup"] == pytest.approx(r["semi"] / r["sup"])
+    assert "confident_city" not in logs[0] and "unsup_to_sup" not in logs[0]
     for r in logs:
         assert r["loss"] == pytest.approx(r["sup"] + r["adv"] + r.get("semi", 0.0), rel=1e-5)
     after = Checkpoint.load(work_dir / "latest.pt").method

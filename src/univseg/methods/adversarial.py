@@ -28,6 +28,7 @@ from ..data.label_space import LabelSpace
 from ..losses import supervised_ce
 from ..models.universal import upsample
 from .base import METHODS, AuxiliaryOptimizer, Batches, CentroidSource, Method
+from .pseudo_labels import loss_ratio
 
 
 class Discriminator(nn.Module):
@@ -84,7 +85,9 @@ class AdversarialSemiSupervised(Method):
     """Hung et al. 2018 over the trained domains, one discriminator per domain (see the module doc).
 
     Logged terms: ``ce_<domain>``, ``sup`` (sum of the CEs), ``adv`` and ``semi`` (their weighted
-    contributions, so ``loss = sup + adv + semi``; ``semi`` only from iteration ``semi_start`` on)
+    contributions, so ``loss = sup + adv + semi``; ``semi`` only from iteration ``semi_start`` on),
+    ``confident_<domain>`` (the share of unlabeled pixels the discriminator lets self-train) and, per
+    log interval, ``unsup_to_sup`` (semi / sup)
     and, from ``auxiliary_losses``, ``d_loss`` (sum over domains of the unweighted discriminator loss).
     The discriminators' Adam learning rate starts at ``method.adversarial.lr`` and follows the
     trainer's schedule (poly decay over ``train.iters``), like the model's.
@@ -115,6 +118,10 @@ class AdversarialSemiSupervised(Method):
     def before_step(self, iteration: int, centroid_source: CentroidSource) -> None:
         self.iteration = iteration
 
+    def log_record(self, means: Mapping[str, float]) -> dict[str, float]:
+        """The interval's means and the self-training/supervised loss ratio (``unsup_to_sup``)."""
+        return {**means, **loss_ratio(means, "semi")}
+
     # ------------------------------------------------------------------ segmentation network
     def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         a = self.acfg
@@ -140,7 +147,8 @@ class AdversarialSemiSupervised(Method):
                 any_unlabeled = True
                 adv = adv + a.lambda_adv_unlabeled * masked_bce(d_out[n:], 1.0)
                 if semi_on:
-                    loss_semi, _ = semi_loss(logits[n:], d_out[n:].detach(), a.t_semi, ls.ignore_index)
+                    loss_semi, confident = semi_loss(logits[n:], d_out[n:].detach(), a.t_semi, ls.ignore_index)
+                    terms[f"confident_{d}"] = confident.float().mean()
                     semi = semi + a.lambda_semi * loss_semi
             self._stash[d] = {"probs": probs.detach(), "label": label}
         total = sup + adv

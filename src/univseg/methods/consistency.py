@@ -44,7 +44,7 @@ from ..data.label_space import LabelSpace
 from ..errors import ConfigError
 from ..losses import nearest_centroid
 from .base import METHODS, Batches, CentroidSource, Method, RunContext
-from .pseudo_labels import EmaTeacher, count_terms, diagnostic_record, pseudo_label_counts
+from .pseudo_labels import EmaTeacher, count_terms, diagnostic_record, loss_ratio, pseudo_label_counts
 from .universal import UniversalSemiSupervised
 
 
@@ -143,10 +143,7 @@ class WeakToStrong(UniversalSemiSupervised):
 
     def log_record(self, means: Mapping[str, float]) -> dict[str, float | None]:
         """The interval's means, the weighted unlabeled/supervised loss ratio and the diagnostics' ratios."""
-        record = diagnostic_record(means, self.label_spaces)
-        if means.get("sup", 0.0) > 0 and "unsup" in means:
-            record["unsup_to_sup"] = self.cfg.consistency.weight * means["unsup"] / means["sup"]
-        return record
+        return {**diagnostic_record(means, self.label_spaces), **loss_ratio(means, "unsup", self.cfg.consistency.weight)}
 
     def losses(self, model: nn.Module, batches: Batches) -> dict[str, torch.Tensor]:
         align = self.aligns and self.bank.ready

@@ -70,6 +70,14 @@ def diagnostic_record(means: Mapping[str, float], spaces: Mapping[str, LabelSpac
     return out
 
 
+def loss_ratio(means: Mapping[str, float], unlabeled_term: str, weight: float = 1.0) -> dict[str, float]:
+    """``{"unsup_to_sup": weight * unlabeled_term / sup}`` from an interval's mean terms ({} when either
+    is missing or sup is 0)."""
+    if means.get("sup", 0.0) > 0 and unlabeled_term in means:
+        return {"unsup_to_sup": weight * means[unlabeled_term] / means["sup"]}
+    return {}
+
+
 class EmaTeacher(nn.Module):
     """A frozen eval-mode copy of the student whose weights and floating-point buffers follow it as an
     exponential moving average (Mean Teacher; UniMatch V2): before step t,
