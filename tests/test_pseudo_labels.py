@@ -50,7 +50,8 @@ def test_diagnostic_record_is_the_ratio_of_the_interval_sums():
     assert rec["loss"] == 1.5 and not any(k.startswith(("pl_kept", "pl_hits", "pl_covered", "pl_true")) for k in rec)
     assert rec["pl_precision_a_road"] == 0.75 and rec["pl_precision_a_car"] is None  # nothing kept as car
     assert rec["pl_coverage_a_road"] == 0.5 and rec["pl_coverage_a_car"] == 0.5
-    assert rec["pl_precision_a"] == 0.75 and rec["pl_coverage_a"] == 0.5
+    assert rec["pl_recall_a_road"] == 0.5 and rec["pl_recall_a_car"] == 0.0
+    assert rec["pl_precision_a"] == 0.75 and rec["pl_coverage_a"] == 0.5 and rec["pl_recall_a"] == 3 / 8
     assert not any("_b" in k for k in rec)  # no counts of domain b: nothing derived
 
 
@@ -76,6 +77,7 @@ def test_diagnostics_log_precision_and_coverage_and_never_change_training(tiny_r
         for d in ("city", "rural"):
             assert r[f"pl_coverage_{d}"] == pytest.approx(1.0)
             assert 0.0 <= r[f"pl_precision_{d}"] <= 1.0
+            assert r[f"pl_recall_{d}"] == pytest.approx(r[f"pl_precision_{d}"])  # every pixel kept: recall = precision
             assert r[f"confident_{d}"] == pytest.approx(1.0)
         assert r["unsup_to_sup"] == pytest.approx(r["unsup"] / r["sup"])
         assert any(k.startswith("pl_precision_city_") for k in r) and not any(k.startswith("pl_kept_") for k in r)

@@ -155,7 +155,7 @@ class ConsistencyConfig(StrictModel):
     )
     diagnostics: bool = Field(
         False,
-        description="log the per-class precision and coverage of the confident pseudo-labels, scored against the "
+        description="log the per-class precision, recall and coverage of the confident pseudo-labels, scored against the "
         "unlabeled images' own labels where the dataset has them on disk (benchmark splits; read for this log only, "
         "never for training); the confident share and the unsupervised/supervised loss ratio are always logged",
     )

@@ -21,7 +21,7 @@ exponential moving average of the model in eval mode (Mean Teacher / UniMatch V2
 training pass; ``weak_view: geometric``, UniMatch's weak view without colour jitter. Logged every
 step: each domain's share of confident valid pixels (``confident_<d>``) and, per log interval, the
 weighted unlabeled/supervised loss ratio (``unsup_to_sup``); with ``diagnostics`` the per-class
-precision and coverage of the confident pseudo-labels against the labels on disk (pseudo_labels.py).
+precision, recall and coverage of the confident pseudo-labels against the labels on disk (pseudo_labels.py).
 
 Total loss: sum over domains of CE(labeled) + weight * L_u (+ alignment). UniMatch's code halves
 the whole sum; with AdamW that changes nothing, with SGD it is half the learning rate.

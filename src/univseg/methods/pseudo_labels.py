@@ -1,5 +1,5 @@
 """What makes and scores pseudo-labels of the weak-to-strong methods: an exponential-moving-average
-teacher and the per-class precision / coverage diagnostics of the confident pseudo-labels.
+teacher and the per-class precision / recall / coverage diagnostics of the confident pseudo-labels.
 
 Diagnostics travel as per-step pixel counts in the loss terms (``pl_kept_<d>_<class>``: confident
 pseudo-labels of the class on labeled-on-disk pixels, ``pl_hits_...``: of those, correct,
@@ -47,9 +47,11 @@ def count_terms(domain: str, space: LabelSpace, counts: Mapping[str, torch.Tenso
 
 
 def diagnostic_record(means: Mapping[str, float], spaces: Mapping[str, LabelSpace]) -> dict[str, float | None]:
-    """``means`` with the count terms replaced by ``pl_precision_<d>_<class>`` = hits / kept and
-    ``pl_coverage_<d>_<class>`` = covered / true, and by the same over all classes as
-    ``pl_precision_<d>`` / ``pl_coverage_<d>``; None where the denominator is 0."""
+    """``means`` with the count terms replaced by ``pl_precision_<d>_<class>`` = hits / kept (the
+    confident pseudo-labels of the class that are right), ``pl_recall_<d>_<class>`` = hits / true (the
+    class's pixels that get a right confident pseudo-label) and ``pl_coverage_<d>_<class>`` = covered /
+    true (the class's pixels that get any confident pseudo-label), and by the same over all classes
+    as ``pl_precision_<d>`` / ``pl_recall_<d>`` / ``pl_coverage_<d>``; None where the denominator is 0."""
     out = {k: v for k, v in means.items() if not any(k.startswith(f"pl_{kind}_") for kind in COUNTS)}
 
     def ratio(a: float, b: float) -> float | None:
@@ -62,10 +64,12 @@ def diagnostic_record(means: Mapping[str, float], spaces: Mapping[str, LabelSpac
         for name in space.names:
             value = {kind: means[f"pl_{kind}_{d}_{name}"] for kind in COUNTS}
             out[f"pl_precision_{d}_{name}"] = ratio(value["hits"], value["kept"])
+            out[f"pl_recall_{d}_{name}"] = ratio(value["hits"], value["true"])
             out[f"pl_coverage_{d}_{name}"] = ratio(value["covered"], value["true"])
             for kind in COUNTS:
                 total[kind] += value[kind]
         out[f"pl_precision_{d}"] = ratio(total["hits"], total["kept"])
+        out[f"pl_recall_{d}"] = ratio(total["hits"], total["true"])
         out[f"pl_coverage_{d}"] = ratio(total["covered"], total["true"])
     return out
 

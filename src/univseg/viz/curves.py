@@ -22,7 +22,7 @@ from ..errors import UnivsegError
 #: Keys of a training record that are not loss terms.
 NOT_TERMS = ("iter", "lr", "sec_per_iter")
 #: Prefixes and keys of the pseudo-label diagnostics (their own figure, not loss terms).
-PSEUDO_LABEL_PREFIXES = ("confident_", "pl_precision_", "pl_coverage_", "cross_kept_")
+PSEUDO_LABEL_PREFIXES = ("confident_", "pl_precision_", "pl_recall_", "pl_coverage_", "cross_kept_")
 PSEUDO_LABEL_KEYS = ("unsup_to_sup",)
 MATPLOTLIB_HINT = "pip install matplotlib"
 
@@ -116,7 +116,7 @@ def training_curves(records: Sequence[Record], title: str = "") -> bytes:
 def pseudo_label_curves(records: Sequence[Record], title: str = "") -> bytes | None:
     """A PNG of the pseudo-label diagnostics of ``records`` (None when they hold none): the confident
     share per domain and the unlabeled/supervised loss ratio, then per domain with diagnostics its
-    per-class precision and coverage (%), all classes together as a dashed black line."""
+    per-class precision, recall and coverage (%), all classes together as a dashed black line."""
     train = [r for r in records if "eval" not in r and not r.get("skipped_step")]
     keys = list(dict.fromkeys(k for r in train for k in r if is_diagnostic(k)))
     if not keys:
@@ -124,11 +124,12 @@ def pseudo_label_curves(records: Sequence[Record], title: str = "") -> bytes | N
     confident = [k[len("confident_"):] for k in keys if k.startswith("confident_")]
     detailed = [k[len("pl_precision_"):] for k in keys if k.startswith("pl_precision_") and k[len("pl_precision_"):] in confident]
     figure_cls, canvas_cls = _canvas()
-    fig = figure_cls(figsize=(12, 4 * (1 + len(detailed))), dpi=90, layout="constrained")
+    fig = figure_cls(figsize=(15, 4 * (1 + len(detailed))), dpi=90, layout="constrained")
     canvas_cls(fig)
     if title:
         fig.suptitle(f"{title}: pseudo-labels")
-    axes = fig.subplots(1 + len(detailed), 2, squeeze=False)
+    axes = fig.subplots(1 + len(detailed), 3, squeeze=False)
+    axes[0][2].set_axis_off()
     cross = [k for k in keys if k.startswith("cross_kept_")]
     _plot(axes[0][0], [(d, *series(train, lambda r, d=d: _pct(r.get(f"confident_{d}")))) for d in confident]
           + [(k, *series(train, lambda r, k=k: _pct(r.get(k)))) for k in cross],
@@ -137,7 +138,7 @@ def pseudo_label_curves(records: Sequence[Record], title: str = "") -> bytes | N
           "unlabeled / supervised loss (weighted)", "ratio", "no ratio logged")
     overall = {"all classes": {"color": "black", "linestyle": "--"}}
     for row, d in enumerate(detailed, start=1):
-        for ax, kind in zip(axes[row], ("precision", "coverage")):
+        for ax, kind in zip(axes[row], ("precision", "recall", "coverage")):
             prefix = f"pl_{kind}_{d}_"
             classes = [k[len(prefix):] for k in keys if k.startswith(prefix)]
             lines = [(c, *series(train, lambda r, k=prefix + c: _pct(r.get(k)))) for c in classes]
