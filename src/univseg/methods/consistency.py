@@ -18,7 +18,8 @@ the paper's entropy alignment.
 
 Levers (``method.consistency``): the threshold; ``teacher: ema``, pseudo-labels from an
 exponential moving average of the model in eval mode (Mean Teacher / UniMatch V2) instead of the
-training pass; ``weak_view: geometric``, UniMatch's weak view without colour jitter. Logged every
+training pass (each domain's own pseudo-labels; univ-match's cross-domain ones still come from the
+training pass); ``weak_view: geometric``, UniMatch's weak view without colour jitter. Logged every
 step: each domain's share of confident valid pixels (``confident_<d>``) and, per log interval, the
 weighted unlabeled/supervised loss ratio (``unsup_to_sup``); with ``diagnostics`` the per-class
 precision, recall and coverage of the confident pseudo-labels against the labels on disk (pseudo_labels.py).
