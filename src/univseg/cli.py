@@ -15,6 +15,7 @@ from .engine.export_options import RUNTIMES, add_export_arguments
 from .engine.report_options import add_report_arguments
 from .engine.tsne_options import add_tsne_arguments
 from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
+from .utils.log import interactive, setup_logging
 
 EXIT_USAGE = 2
 
@@ -244,7 +245,11 @@ def build_parser() -> argparse.ArgumentParser:
         if parent is not sub:
             sp.set_defaults(verb=f"{sp.prog.split()[-2]} {name}")
         sp.set_defaults(func=func)
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+        sp.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (for logs and CI; also when stdout or stderr is not a terminal)")
+        loud = sp.add_mutually_exclusive_group()
+        loud.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only (no progress bars)")
+        loud.add_argument("-v", "--verbose", action="count", default=0, help="also log debug records")
         return sp
 
     def inference_args(sp: argparse.ArgumentParser, overrides_config: bool) -> None:
@@ -406,6 +411,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    setup_logging(-1 if args.quiet else args.verbose)
+    if args.quiet or not interactive():  # a log file keeps every redraw of a bar
+        args.no_progress = True
     try:
         return args.func(args)
     except TrainingStopped as e:
