@@ -3,6 +3,7 @@
 resume line and the evaluation tables, and nothing of a progress bar; ``--quiet`` keeps warnings only."""
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ import torch
 import yaml
 
 from univseg.utils.log import interval_line
+from univseg.viz.curves import loss_terms
 
 LINE = re.compile(
     r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d INFO iter (\d+)/6 \| loss \S+ sup \S+ .*\| lr \d\.\d\de[-+]\d\d \| "
@@ -45,6 +47,11 @@ def test_redirected_training_logs_one_line_per_interval_and_the_resume_line(tiny
     assert "INFO training univ-full for 6 iterations on cpu" in text
     assert [int(m.group(1)) for m in map(LINE.match, text.splitlines()) if m] == [2, 4, 6], text
     assert "final evaluation at iteration 6:" in text and "mean" in text and "city" in text and "rural" in text
+    records = [json.loads(line) for line in (work / "metrics.jsonl").read_text().splitlines()]
+    timed = [r for r in records if "sec_per_iter" in r]
+    assert [r["iter"] for r in timed] == [2, 4, 6]
+    assert all(0 <= r["data_sec_per_iter"] <= r["sec_per_iter"] and r["peak_mem_gib"] > 0.1 for r in timed)
+    assert loss_terms(timed)[0] == "loss" and not {"data_sec_per_iter", "peak_mem_gib", "sec_per_iter"} & set(loss_terms(timed))
 
     # a run that died after the checkpoint of iteration 3: latest.pt is the one of iteration 3 again
     (work / "latest.pt").unlink()

@@ -29,7 +29,7 @@ from ..models.universal import UniversalModel, build_model
 from ..utils import dist
 from ..utils.allocator import return_freed_memory
 from ..utils.files import atomic_write_json
-from ..utils.log import interval_line
+from ..utils.log import interval_line, peak_memory_gib
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import choose_head, evaluate, results_table, size_groups
 from .hooks import TrainerHook
@@ -620,7 +620,8 @@ class Trainer:
                 elapsed = time.perf_counter() - tic
                 means = {k: v / count for k, v in running.items()} if count else {}
                 record = self.method.log_record(means)
-                self._log({"iter": done, **record, "sec_per_iter": elapsed / steps, "data_sec_per_iter": data_wait / steps})
+                self._log({"iter": done, **record, "sec_per_iter": elapsed / steps, "data_sec_per_iter": data_wait / steps,
+                           "peak_mem_gib": peak_memory_gib(self.device)})
                 if dist.is_main():  # with a progress bar the line is a debug record (the bar shows the same)
                     log.log(logging.DEBUG if self.progress else logging.INFO,
                             interval_line(done, t.iters, record, elapsed / steps, data_wait / steps, self.device))

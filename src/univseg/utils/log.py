@@ -55,14 +55,18 @@ def interactive() -> bool:
     return sys.stdout.isatty() and sys.stderr.isatty()
 
 
-def peak_memory(device: torch.device) -> str:
-    """The peak memory so far: CUDA tensors allocated on ``device``, else the process's peak resident set."""
+def peak_memory_gib(device: torch.device) -> float:
+    """The peak memory so far, GiB: CUDA tensors allocated on ``device``, else the process's peak resident set."""
     if device.type == "cuda":
         import torch
 
-        return f"{torch.cuda.max_memory_allocated(device) / 2**30:.2f} GiB cuda"
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux (bytes on macOS: an overestimate there)
-    return f"{kib / 2**20:.2f} GiB rss"
+        return torch.cuda.max_memory_allocated(device) / 2**30
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux (bytes on macOS: an overestimate there)
+
+
+def peak_memory(device: torch.device) -> str:
+    """:func:`peak_memory_gib` with its kind: ``1.23 GiB cuda`` or ``1.23 GiB rss``."""
+    return f"{peak_memory_gib(device):.2f} GiB {'cuda' if device.type == 'cuda' else 'rss'}"
 
 
 def _duration(seconds: float) -> str:
