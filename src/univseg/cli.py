@@ -73,6 +73,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
     atomic_write_json(out, results)
     print(f"results written to {out}")
+    if args.save_samples:
+        from .engine.samples import save_sample_panels
+
+        folder = out.with_name(out.stem + "_samples")
+        panels = save_sample_panels(predictor, domains, args.save_samples, folder, args.sample_width)
+        print(f"{len(panels)} sample panels (image | ground truth | prediction per head) written to {folder}")
     return 0
 
 
@@ -214,6 +220,21 @@ def user_message(e: UnivsegError) -> str:
     return text
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An option type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -306,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="checkpoint file (.pt) written by 'univseg train'")
     sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
     sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
+    sp.add_argument("--save-samples", type=_at_least(0), default=0, metavar="N",
+                    help="also write 'image | ground truth | prediction per head' PNG panels of the first N val images "
+                    "of each domain to <out>_samples/<domain>/")
+    sp.add_argument("--sample-width", type=_at_least(16), default=None, metavar="W",
+                    help="width of each tile of those panels in pixels (default: the image's)")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides eval.amp)")
     sp.set_defaults(amp_key="eval.amp")
     inference_args(sp, overrides_config=True)

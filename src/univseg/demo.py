@@ -58,7 +58,7 @@ def _write_predictions(out: Path, run_dir: Path) -> None:
                 write_prediction(out / "predictions" / domain.name, ds.sample_id(j), head, image, mask, predictor)
     (out / "predictions" / "README.txt").write_text(
         "Each val image is segmented in every label space of the universal model:\n"
-        "<image>_<head>.png holds class ids, <image>_<head>_overlay.png the colours over the image.\n"
+        "<image>_<head>.png holds class ids, <image>_<head>_overlay.png the colours over the image (legend underneath).\n"
         + json.dumps({h: ls.names for h, ls in predictor.label_spaces.items()}, indent=1)
         + "\n"
     )
