@@ -29,10 +29,18 @@ CYCADA = {"source": "city", "target": "rural", "pixel_iters": 2, "ngf": 4, "res_
           "feat_ndf": 4, "samples": 2}
 
 
-def method_raw(name: str) -> dict:
-    """The tiny two-domain config with method ``name`` (cycada: city -> rural, single: city)."""
+#: Options that switch on further code paths of a method (run as extra cases).
+OPTIONS = {"univ-match+options": ("univ-match", {"consistency": {"teacher": "ema", "diagnostics": True, "cross_domain": True}})}
+CASES = [*METHODS.names(), *OPTIONS]
+
+
+def method_raw(case: str) -> dict:
+    """The tiny two-domain config of ``case``: a method name (cycada: city -> rural, single: city) or an
+    :data:`OPTIONS` key."""
+    name, options = OPTIONS.get(case, (case, {}))
     raw = copy.deepcopy(TINY)
     raw["method"]["name"] = name
+    raw["method"].update(options)
     if name == "single":
         raw["method"]["domains"] = ["city"]
     if name == "cycada":
@@ -50,7 +58,7 @@ def setup(name: str, tmp_path: Path) -> tuple[UniversalModel, Method, dict]:
     method = on_device(build_method(cfg.method, heads, cfg.model.embed_dim))
     source = on_device(build_model(cfg.model, {"city": SPACES["city"].num_classes}).eval().requires_grad_(False))
     method.attach(RunContext(tmp_path, 10, lambda s, d: ClassMapping.builtin(SPACES[s], SPACES[d]),
-                             lambda: (source, {"city": SPACES["city"]})))
+                             lambda: (source, {"city": SPACES["city"]}), model))
     batches = {}
     for domain in method.data_domains():
         k = SPACES[domain].num_classes
@@ -61,6 +69,8 @@ def setup(name: str, tmp_path: Path) -> tuple[UniversalModel, Method, dict]:
             views = method.strong_views
             batch |= {"strong": torch.rand(2, views, 3, 32, 48) * 255, "cutmix": torch.rand(2, views, 32, 48) > 0.7,
                       "unlabeled_valid": torch.ones(2, 32, 48, dtype=torch.bool)}
+        if method.unlabeled_labels:
+            batch["unlabeled_label"] = torch.randint(0, k, (2, 32, 48))
         batches[domain] = {key: to_device(t) for key, t in batch.items()}
     return model, method, batches
 
@@ -89,7 +99,7 @@ def run_steps(model: UniversalModel, method: Method, batches: dict, iterations=(
     return steps
 
 
-@pytest.mark.parametrize("name", METHODS.names())
+@pytest.mark.parametrize("name", CASES)
 def test_every_method_keeps_its_tensors_on_the_models_device(name, tmp_path):
     model, method, batches = setup(name, tmp_path)
     steps = run_steps(model, method, batches)
@@ -100,8 +110,11 @@ def test_every_method_keeps_its_tensors_on_the_models_device(name, tmp_path):
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(isinstance(g, OnDevice) for g in grads)
     assert all(isinstance(b, OnDevice) for b in [*model.buffers(), *method.buffers()])
-    if name in ("univ-full", "univ-cross", "univ-match"):  # the alignment terms ran at iteration 5
+    if name in ("univ-full", "univ-cross", "univ-match", "univ-match+options"):  # the alignment terms ran at iteration 5
         assert "ent_cross" in steps[1]["terms"]
+    if name == "univ-match+options":  # the EMA teacher, the pseudo-label diagnostics and cross-domain labels ran
+        assert hasattr(method, "teacher") and "cross_pl" in steps[1]["terms"]
+        assert any(k.startswith("pl_hits_") for k in steps[1]["terms"])
 
 
 def class_weighted_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255) -> torch.Tensor:
