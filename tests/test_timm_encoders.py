@@ -136,21 +136,26 @@ def test_pretrained_imagenet_offline_names_the_file_and_how_to_place_it(monkeypa
 
 @pytest.mark.parametrize("name", ["resnet18", "convnext_atto"])
 def test_a_weights_file_in_timms_layout_loads_through_timm(tmp_path, name):
-    """The file a user downloads (the whole classifier's state dict, timm's key names) loads; the
-    classifier is dropped and nested names (ConvNeXt's stages.0 -> stages_0) are mapped by timm."""
+    """The file a user downloads (the whole classifier's state dict, timm's key names) loads, read without
+    executing code; the classifier is dropped and nested names (ConvNeXt's stages.0 -> stages_0) are
+    mapped by timm. A file that is not one, or holds another architecture, is refused naming it."""
     from safetensors.torch import save_file
 
     torch.manual_seed(1)
     full = timm.create_model(name, pretrained=False)
     save_file({k: v.contiguous() for k, v in full.state_dict().items()}, tmp_path / "model.safetensors")
     torch.save(full.state_dict(), tmp_path / "model.pth")
+    torch.save({"state_dict": full.state_dict()}, tmp_path / "wrapped.pth")  # a training script's checkpoint
     stem = dict(full.named_parameters())[next(iter(dict(full.named_parameters())))]
-    for file in ("model.safetensors", "model.pth"):
+    for file in ("model.safetensors", "model.pth", "wrapped.pth"):
         loaded = build_backbone(f"timm/{name}", pretrained=str(tmp_path / file))
         first = next(p for k, p in loaded.named_parameters())
         assert torch.equal(first, stem), file
     with pytest.raises(CheckpointError, match=r"backbone weights file not found: .*missing.pth"):
         build_backbone(f"timm/{name}", pretrained=str(tmp_path / "missing.pth"))
+    (tmp_path / "broken.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(CheckpointError, match=r"could not read the safetensors file .*broken.safetensors"):
+        build_backbone(f"timm/{name}", pretrained=str(tmp_path / "broken.safetensors"))
     torch.save({"conv.weight": torch.zeros(3)}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=rf"other.pth does not hold the weights of timm model '{name}'"):
         build_backbone(f"timm/{name}", pretrained=str(tmp_path / "other.pth"))

@@ -238,7 +238,7 @@ def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
     return obj
 
 
-def _unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     """Find the tensors: accept a raw state dict or ``{"state_dict": ...}`` / ``{"model": ...}``."""
     for _ in range(3):  # e.g. {"model": {"state_dict": ...}}; a few levels at most
         inner = next(
@@ -276,7 +276,7 @@ def load_backbone_weights(
         source = source or str(weights)
         weights = read_weights_file(weights)
     source = source or "state dict"
-    state = _unwrap_state_dict(weights)
+    state = unwrap_state_dict(weights)
     report = LoadReport()
 
     own = model.state_dict()

@@ -11,7 +11,8 @@ constructor has no ``output_stride`` offer only 32, their native stride).
 mechanism (its cache: the Hugging Face Hub cache, or torch.hub's for URL-only weights); when the
 file is neither cached nor downloadable the error names the Hub repository and file and how to
 place them. ``model.pretrained: /path/to/model.safetensors`` (or ``.pth``/``.bin``) loads a file in
-timm's own key names through timm's loader (``weights_only=True``, timm's key remapping). The units that activation checkpointing can recompute are the stages and blocks timm
+timm's own key names: read without executing code (safetensors, or ``torch.load(weights_only=True)``),
+then given to timm's loader as a state dict (timm's key remapping, classifier dropped). The units that activation checkpointing can recompute are the stages and blocks timm
 lists its features under (``body.layer1``, ``body.blocks.3``, ``body.stages.0``, ...).
 """
 from __future__ import annotations
@@ -27,7 +28,7 @@ from torch import Tensor, nn
 from ...errors import CheckpointError, ConfigError, UnknownNameError
 from ..activation_checkpoint import checkpoint_in_place
 from .dilation import OUTPUT_STRIDES
-from .registry import BACKBONES, Backbone, BackboneSpec
+from .registry import BACKBONES, Backbone, BackboneSpec, read_weights_file, unwrap_state_dict
 
 PREFIX = "timm/"
 INSTALL_HINT = 'pip install "univseg[timm]"'
@@ -120,8 +121,9 @@ def _output_stride_error(name: str, output_stride: int, why: str) -> ConfigError
 
 def _create(name: str, output_stride: int, pretrained: str | os.PathLike | None = None) -> nn.Module:
     """``timm.create_model(name, features_only=True, ...)`` with random weights, timm's ImageNet weights
-    (``pretrained="imagenet"``) or a local weights file in timm's layout (loaded by timm, ``weights_only``);
-    output-stride, download and file errors made clear."""
+    (``pretrained="imagenet"``) or the state dict of a local weights file in timm's layout (read here
+    without executing code, then given to timm's loader for its key remapping); output-stride,
+    download and file errors made clear."""
     timm = _timm()
     if output_stride not in TIMM_OUTPUT_STRIDES:
         raise ConfigError(
@@ -132,10 +134,10 @@ def _create(name: str, output_stride: int, pretrained: str | os.PathLike | None 
         )
     kwargs: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
     file = None if pretrained is None or str(pretrained).lower() == "imagenet" else Path(pretrained).expanduser()
+    state = None
     if file is not None:
-        if not file.is_file():
-            raise CheckpointError(f"backbone weights file not found: {pretrained}", path=pretrained, key="model.pretrained")
-        kwargs["pretrained_cfg_overlay"] = {"file": str(file)}
+        state = _read_weights(file)
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": state}
     try:
         body = timm.create_model(name, pretrained=pretrained is not None, features_only=True, **kwargs)
     except TypeError as e:
@@ -158,18 +160,32 @@ def _create(name: str, output_stride: int, pretrained: str | os.PathLike | None 
             ) from None
         raise _weights_error(name, e) from None
     if file is not None:
-        _check_loaded(body, file, name)
+        _check_loaded(body, state, file, name)
     return body
 
 
-def _check_loaded(body: nn.Module, file: Path, name: str) -> None:
-    """Raise CheckpointError unless every tensor of ``body`` came from ``file``: timm loads a features-only
-    model non-strictly (the classifier is dropped), so a file of another architecture would otherwise
-    leave the encoder random with only a log line."""
-    from timm.models import load_state_dict
+def _read_weights(file: Path) -> dict[str, Tensor]:
+    """The tensors of a weights file: ``.safetensors`` (a format without code), else
+    ``torch.load(weights_only=True)`` (:func:`.registry.read_weights_file`, wrappers and ``module.`` removed)."""
+    if not file.is_file():
+        raise CheckpointError(f"backbone weights file not found: {file}", path=file, key="model.pretrained")
+    if file.suffix != ".safetensors":
+        return unwrap_state_dict(read_weights_file(file))
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
+    try:
+        return load_file(str(file), device="cpu")
+    except (SafetensorError, OSError) as e:
+        raise CheckpointError(f"could not read the safetensors file {file}: {e}", path=file, key="model.pretrained") from None
+
+
+def _check_loaded(body: nn.Module, state: dict[str, Tensor], file: Path, name: str) -> None:
+    """Raise CheckpointError unless every tensor of ``body`` came from ``state`` (read from ``file``): timm
+    loads a features-only model non-strictly (the classifier is dropped), so a file of another
+    architecture would otherwise leave the encoder random with only a log line."""
     by_shape: dict[tuple[int, ...], list[Tensor]] = {}
-    for value in load_state_dict(str(file), weights_only=True).values():
+    for value in state.values():
         by_shape.setdefault(tuple(value.shape), []).append(value)
     missing = [
         key for key, value in body.state_dict().items()
