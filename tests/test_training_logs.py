@@ -71,3 +71,7 @@ def test_interval_line_holds_every_figure():
     assert line.startswith("iter 40/500 | loss 1.5 sup 1 ent_cross 0.25 ce_city 0.75 | lr 1.00e-03 | 0.500 s/it (data 0.125) | ETA 3m50s | peak ")
     assert re.search(r"peak \d+\.\d\d GiB rss$", line), line
     assert "ETA 1h23m20s" in interval_line(0, 10000, terms, 0.5, 0.0, torch.device("cpu"))
+    # a consistency method's record: ratios without a denominator are None, per-class diagnostics stay in metrics.jsonl
+    record = {"loss": 1.5, "unsup_to_sup": None, "confident_city": 0.25, "pl_precision_city_road": 0.5, "pl_precision_city": 0.75}
+    line = interval_line(1, 10, record, 0.5, 0.0, torch.device("cpu"))
+    assert "| loss 1.5 confident_city 0.25 |" in line and "pl_" not in line and "unsup_to_sup" not in line, line
