@@ -229,7 +229,7 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
         if spec.get("profile"):
             out.update(profile_step(trainer, loaders, it, sync))
             it += 2
-            log(f"profile: {out['gflop_per_step']:.0f} GFLOP per step, convolutions {100 * out['conv_time_share']:.1f}% of CPU time")
+            log(f"profile: {out['gflop_per_step']:.0f} GFLOP per step, convolutions {100 * out['conv_time_share']:.1f}% of {out['conv_time_of']}")
 
         # -- evaluation
         if spec["eval"]:
@@ -273,7 +273,9 @@ def run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 def profile_step(trainer: Any, loaders: Any, it: int, sync: Any) -> dict[str, Any]:
     """Two more steps: one under ``torch.utils.flop_counter`` (FLOPs of a step), one under
-    ``torch.profiler`` (share of self CPU time spent in convolution kernels, forward and backward)."""
+    ``torch.profiler`` (share of the step's time spent in convolutions, forward and backward: of the
+    self CPU time on CPU; of the GPU kernel time on CUDA, the kernels under ``aten::convolution`` and
+    ``aten::convolution_backward``)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -282,13 +284,20 @@ def profile_step(trainer: Any, loaders: Any, it: int, sync: Any) -> dict[str, An
         trainer.step(it, trainer._next_batches(loaders))
     sync()
     batches = trainer._next_batches(loaders)
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+    cuda = trainer.device.type == "cuda"
+    activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
+    with torch.profiler.profile(activities=activities) as prof:
         trainer.step(it + 1, batches)
         sync()
     events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events)
-    conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key and "convert" not in e.key)
-    return {"gflop_per_step": counter.get_total_flops() / 1e9, "conv_time_share": conv / total if total else None}
+    if cuda:
+        total = sum(e.self_device_time_total for e in events)
+        conv = sum(e.device_time_total for e in events if e.key in ("aten::convolution", "aten::convolution_backward"))
+    else:
+        total = sum(e.self_cpu_time_total for e in events)
+        conv = sum(e.self_cpu_time_total for e in events if "conv" in e.key and "convert" not in e.key)
+    return {"gflop_per_step": counter.get_total_flops() / 1e9, "conv_time_share": conv / total if total else None,
+            "conv_time_of": "GPU kernel time" if cuda else "CPU time"}
 
 
 # ----------------------------------------------------------------------------- table
@@ -344,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="train.device override (default: the config's, i.e. auto)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="extra config override for every case (repeatable)")
     p.add_argument("--json", type=Path, default=DEFAULT_JSON, help=f"where to write the JSON (default: {DEFAULT_JSON})")
-    p.add_argument("--profile", action="store_true", help="also count a step's FLOPs and the convolutions' share of CPU time (2 more steps)")
+    p.add_argument("--profile", action="store_true", help="also count a step's FLOPs and the convolutions' share of CPU time (GPU kernel time on CUDA; 2 more steps)")
     p.add_argument("--_case", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 

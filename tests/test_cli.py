@@ -78,7 +78,8 @@ def test_predict_writes_ids_and_overlays_in_all_label_spaces(trained, tmp_path):
     ids = np.asarray(Image.open(out / "a_city.png"))
     assert ids.shape == (30, 40) and ids.max() < 9
     assert np.asarray(Image.open(out / "b_rural.png")).max() < 8
-    assert np.asarray(Image.open(out / "b_rural_overlay.png")).shape == (20, 24, 3)
+    overlay = np.asarray(Image.open(out / "b_rural_overlay.png"))  # the image's 20x24 pixels, the legend under them
+    assert overlay.shape[0] > 20 and overlay.shape[1] >= 24 and overlay.shape[2] == 3
     assert len(list(out.iterdir())) == 8
 
 

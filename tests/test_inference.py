@@ -234,7 +234,8 @@ def test_predict_a_folder_and_a_video_with_sliding_windows(trained, tmp_path):
     assert frames == [f"frame_{k:06d}_city{s}.png" for k in range(3) for s in ("", "_overlay")]
     ids = np.asarray(Image.open(out / "clip" / "frame_000002_city.png"))
     assert ids.shape == (32, 48) and ids.max() < 9
-    assert np.asarray(Image.open(out / "clip" / "frame_000000_city_overlay.png")).shape == (32, 48, 3)
+    overlay = np.asarray(Image.open(out / "clip" / "frame_000000_city_overlay.png"))  # 32x48 frame, legend under it
+    assert overlay.shape[0] > 32 and overlay.shape[1] >= 48 and overlay.shape[2] == 3
 
 
 def test_predict_errors_name_the_flag_or_the_missing_extra(trained, tmp_path, capsys, monkeypatch):

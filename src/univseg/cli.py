@@ -15,6 +15,7 @@ from .engine.export_options import RUNTIMES, add_export_arguments
 from .engine.report_options import add_report_arguments
 from .engine.tsne_options import add_tsne_arguments
 from .errors import EXIT_STOPPED, ConfigError, DownloadError, GatedDatasetError, TrainingStopped, UnivsegError, UnknownNameError
+from .utils.log import interactive, setup_logging
 
 EXIT_USAGE = 2
 
@@ -72,6 +73,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(args.checkpoint).with_name(Path(args.checkpoint).stem + "_eval.json")
     atomic_write_json(out, results)
     print(f"results written to {out}")
+    if args.save_samples:
+        from .engine.samples import save_sample_panels
+
+        folder = out.with_name(out.stem + "_samples")
+        panels = save_sample_panels(predictor, domains, args.save_samples, folder, args.sample_width)
+        print(f"{len(panels)} sample panels (image | ground truth | prediction per head) written to {folder}")
     return 0
 
 
@@ -213,6 +220,21 @@ def user_message(e: UnivsegError) -> str:
     return text
 
 
+def _at_least(minimum: int) -> Callable[[str], int]:
+    """An option type: a whole number of at least ``minimum``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {minimum} or more, got {value}")
+        return value
+
+    return parse
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -244,7 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
         if parent is not sub:
             sp.set_defaults(verb=f"{sp.prog.split()[-2]} {name}")
         sp.set_defaults(func=func)
-        sp.add_argument("--no-progress", action="store_true", help="no progress bars (for logs and CI)")
+        sp.add_argument("--no-progress", action="store_true",
+                        help="no progress bars (for logs and CI; also when stdout or stderr is not a terminal)")
+        loud = sp.add_mutually_exclusive_group()
+        loud.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only (no progress bars)")
+        loud.add_argument("-v", "--verbose", action="count", default=0, help="also log debug records")
         return sp
 
     def inference_args(sp: argparse.ArgumentParser, overrides_config: bool) -> None:
@@ -301,6 +327,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("checkpoint", help="checkpoint file (.pt) written by 'univseg train'")
     sp.add_argument("--domains", nargs="+", help="evaluate only these domains")
     sp.add_argument("--out", help="JSON output file (default: <checkpoint>_eval.json)")
+    sp.add_argument("--save-samples", type=_at_least(0), default=0, metavar="N",
+                    help="also write 'image | ground truth | prediction per head' PNG panels of the first N val images "
+                    "of each domain to <out>_samples/<domain>/")
+    sp.add_argument("--sample-width", type=_at_least(16), default=None, metavar="W",
+                    help="width of each tile of those panels in pixels (default: the image's)")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides eval.amp)")
     sp.set_defaults(amp_key="eval.amp")
     inference_args(sp, overrides_config=True)
@@ -406,6 +437,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return EXIT_USAGE
+    setup_logging(-1 if args.quiet else args.verbose)
+    if args.quiet or not interactive():  # a log file keeps every redraw of a bar
+        args.no_progress = True
     try:
         return args.func(args)
     except TrainingStopped as e:

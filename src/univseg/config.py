@@ -647,12 +647,18 @@ def _resolve_model_parts(model: ModelConfig, source: str) -> None:
     for key, registry in (("backbone", BACKBONES), ("decoder", DECODERS)):
         try:
             registry.get(getattr(model, key))
-        except UnknownNameError as e:
+        except (UnknownNameError, ConfigError) as e:
             raise ConfigError(f"{source}: model.{key}: {e}", key=f"model.{key}") from None
-    if model.pretrained == "imagenet" and model.backbone in WEIGHTS:
-        weights = WEIGHTS.get(model.backbone)
-        for key in {"mean", "std"} - model.model_fields_set:
-            setattr(model, key, tuple(getattr(weights, key)))
+    if model.pretrained != "imagenet":
+        return
+    input_norm = BACKBONES.get(model.backbone).input_norm
+    norm = input_norm() if input_norm is not None else None
+    if norm is None and model.backbone in WEIGHTS:
+        norm = WEIGHTS.get(model.backbone).mean, WEIGHTS.get(model.backbone).std
+    if norm is not None:
+        for key, value in zip(("mean", "std"), norm):
+            if key not in model.model_fields_set:
+                setattr(model, key, tuple(value))
 
 
 def _validate_domain_parts(d: DomainConfig, where: str) -> None:

@@ -15,11 +15,32 @@ from .engine.predictor import Predictor
 PREDICTIONS_PER_DOMAIN = 4
 
 
+def budget_overrides(iters: int | None) -> list[str]:
+    """The overrides of a demo of ``iters`` iterations: ``train.iters`` and, when that differs from the
+    demo config's budget, the method's warm-up (supervised-only iterations before the alignment terms)
+    and the learning-rate warm-up scaled by the same factor, so a short demo still aligns. Prints what it did."""
+    if not iters:
+        return []
+    cfg = load_config(resolve_config_path("demo"))
+    overrides = [f"train.iters={iters}"]
+    if iters == cfg.train.iters:
+        return overrides
+    method = round(cfg.method.warmup_iters * iters / cfg.train.iters)
+    schedule = round(cfg.train.schedule.warmup_iters * iters / cfg.train.iters)
+    overrides += [f"method.warmup_iters={method}", f"train.schedule.warmup_iters={schedule}"]
+    print(f"--iters {iters} (the demo config trains {cfg.train.iters}): warm-ups scaled with the budget, "
+          f"method.warmup_iters {cfg.method.warmup_iters} -> {method} and train.schedule.warmup_iters "
+          f"{cfg.train.schedule.warmup_iters} -> {schedule}; {cfg.method.name}'s alignment terms start after "
+          f"{method} supervised iterations, at iteration {method + 1} of {iters}")
+    return overrides
+
+
 def run_demo(out: Path, iters: int | None = None, progress: bool = True) -> list[dict[str, Any]]:
-    """Run the demo config's comparison (its ``experiment.methods``), then write predictions of the
+    """Run the demo config's comparison (its ``experiment.methods``) for ``iters`` iterations (default:
+    the config's; warm-ups scaled with it, :func:`budget_overrides`), then write predictions of the
     universal model on a few val images of every domain, in every label space."""
     out = Path(out)
-    overrides = [f"train.iters={iters}"] if iters else []
+    overrides = budget_overrides(iters)
     tic = time.perf_counter()
     rows = run_experiment(resolve_config_path("demo"), out, overrides=overrides, progress=progress)
     _write_predictions(out, out / "runs" / "univ-full")
@@ -37,7 +58,7 @@ def _write_predictions(out: Path, run_dir: Path) -> None:
                 write_prediction(out / "predictions" / domain.name, ds.sample_id(j), head, image, mask, predictor)
     (out / "predictions" / "README.txt").write_text(
         "Each val image is segmented in every label space of the universal model:\n"
-        "<image>_<head>.png holds class ids, <image>_<head>_overlay.png the colours over the image.\n"
+        "<image>_<head>.png holds class ids, <image>_<head>_overlay.png the colours over the image (legend underneath).\n"
         + json.dumps({h: ls.names for h, ls in predictor.label_spaces.items()}, indent=1)
         + "\n"
     )

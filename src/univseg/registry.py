@@ -26,11 +26,15 @@ class Registry(Generic[T]):
         def erfnet(**kw): ...
 
         BACKBONES.get("erfnt")  # UnknownNameError: unknown backbone 'erfnt'. Did you mean 'erfnet'? ...
+
+    A *family* answers every name under a prefix (e.g. ``timm/<model>``) from one resolver
+    (:meth:`register_family`); :meth:`names` lists the exact names only.
     """
 
     def __init__(self, kind: str) -> None:
         self.kind = kind
         self._items: dict[str, T] = {}
+        self._families: dict[str, Callable[[str], T]] = {}
 
     def register(self, name: str, obj: T | None = None) -> Callable[[T], T] | T:
         """Register ``obj`` under ``name``; usable as a decorator when ``obj`` is omitted."""
@@ -43,15 +47,22 @@ class Registry(Generic[T]):
 
         return add(obj) if obj is not None else add
 
+    def register_family(self, prefix: str, resolve: Callable[[str], T]) -> None:
+        """Answer every name ``<prefix><rest>`` with ``resolve(rest)`` (which raises for a ``rest`` it does not know)."""
+        if prefix in self._families:
+            raise ValueError(f"{self.kind} family '{prefix}' is already registered")
+        self._families[prefix] = resolve
+
     def get(self, name: str) -> T:
-        """Look ``name`` up; an unknown name raises with the available names."""
-        try:
+        """Look ``name`` up (exact names, then families); an unknown name raises with the available names."""
+        if name in self._items:
             return self._items[name]
-        except KeyError:
-            names = self.names()
-            raise UnknownNameError(
-                f"unknown {self.kind} '{name}'.{suggest(name, names)} Available: {', '.join(names)}"
-            ) from None
+        for prefix, resolve in self._families.items():
+            if name.startswith(prefix):
+                return resolve(name[len(prefix):])
+        names = self.names()
+        families = "".join(f", {prefix}<name>" for prefix in self._families)
+        raise UnknownNameError(f"unknown {self.kind} '{name}'.{suggest(name, names)} Available: {', '.join(names)}{families}")
 
     @contextlib.contextmanager
     def temporary(self, name: str, obj: T) -> Iterator[T]:

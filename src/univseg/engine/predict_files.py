@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from ..data.base import IMAGE_SUFFIXES, files_or_folders, read_image
 from ..errors import ConfigError, DataError, MissingFileError, UnreadableFileError
 from ..utils.files import atomic_write
-from ..viz import overlay
+from ..viz.panel import overlay_with_legend
 from .export import open_predictor
 from .inference import InferenceSettings
 from .predictor import Predictor
@@ -113,9 +113,10 @@ def write_png(path: Path, pixels: np.ndarray) -> None:
 
 
 def write_prediction(out_dir: Path, stem: str, head: str, image: np.ndarray, mask: np.ndarray, predictor: Predictor) -> None:
-    """``<stem>_<head>.png`` (class ids) and ``<stem>_<head>_overlay.png`` under ``out_dir``."""
+    """``<stem>_<head>.png`` (class ids) and ``<stem>_<head>_overlay.png`` (the colours over the image at its
+    resolution, the legend of the classes shown underneath) under ``out_dir``."""
     write_png(out_dir / f"{stem}_{head}.png", mask)
-    write_png(out_dir / f"{stem}_{head}_overlay.png", overlay(image, mask, predictor.label_spaces[head]))
+    write_png(out_dir / f"{stem}_{head}_overlay.png", overlay_with_legend(image, mask, predictor.label_spaces[head]))
 
 
 def predict_files(

@@ -27,12 +27,13 @@ from ..utils.table import fmt
 from ..viz.curves import pseudo_label_curves, training_curves
 from ..viz.heatmap import heatmap
 from ..viz.html import cell, esc, figure, img, is_png, note, section, swatches, table
-from ..viz.overlay import overlay
+from ..viz.panel import overlay_with_legend
 from .align import row_normalise, run_align
 from .align_options import add_align_arguments
 from .evaluator import evaluate
 from .inference import InferenceSettings
 from .predictor import Predictor
+from .samples import val_samples
 from .tsne import run_tsne
 from .tsne_options import add_tsne_arguments
 
@@ -292,24 +293,29 @@ def _picture(image: np.ndarray, alt: str, **attrs: object) -> str:
     return f"<td>{img(fit(image), alt, **attrs)}</td>"
 
 
+def _overlay_picture(image: np.ndarray, mask: np.ndarray, space: LabelSpace, alt: str, **attrs: object) -> str:
+    """A table cell showing the colours of ``mask`` over ``image`` at :func:`fit`'s width, the legend of
+    the classes it shows underneath."""
+    width = fit(image).shape[1]
+    return f"<td>{img(overlay_with_legend(image, mask, space, width), alt, **attrs)}</td>"
+
+
 def domain_samples(predictor: Predictor, domain: Domain, count: int) -> str:
     """A table of the first ``count`` val images of ``domain``: image | ground truth | prediction of
-    every head (colours over the image), and the colour legend of each label space shown."""
+    every head (colours over the image, the classes shown under each), and the colour legend of each
+    label space shown."""
     spaces = predictor.label_spaces
     headers = ["sample", "image", f"ground truth ({domain.label_space.name})",
                *(f"{h} ({ls.name})" for h, ls in spaces.items())]
     rows = []
-    for i in range(min(count, len(domain.val))):
-        item = domain.val[i]
-        image = item["image"].permute(1, 2, 0).clamp(0, 255).round().byte().numpy()
-        sample_id = domain.val.sample_id(i)
+    for sample in val_samples(predictor, domain, count):
+        image, sample_id = sample.image, sample.sample_id
         rows.append([
             cell(sample_id, header=True),
             _picture(image, f"{sample_id} image", data_kind="image"),
-            _picture(overlay(image, item["label"].numpy(), domain.label_space), f"{sample_id} ground truth",
-                     data_kind="ground-truth"),
-            *(_picture(overlay(image, mask, spaces[head]), f"{sample_id} {head}", data_kind="prediction", data_head=head)
-              for head, mask in predictor.predict_all(image).items()),
+            _overlay_picture(image, sample.label, domain.label_space, f"{sample_id} ground truth", data_kind="ground-truth"),
+            *(_overlay_picture(image, mask, spaces[head], f"{sample_id} {head}", data_kind="prediction", data_head=head)
+              for head, mask in sample.predictions.items()),
         ])
     legend_spaces: dict[str, LabelSpace] = {domain.label_space.name: domain.label_space}
     legend_spaces.update((ls.name, ls) for ls in spaces.values())

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import signal
 import threading
 import time
@@ -28,6 +29,7 @@ from ..models.universal import UniversalModel, build_model
 from ..utils import dist
 from ..utils.allocator import return_freed_memory
 from ..utils.files import atomic_write_json
+from ..utils.log import interval_line, peak_memory_gib
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import choose_head, evaluate, results_table, size_groups
 from .hooks import TrainerHook
@@ -82,6 +84,7 @@ class StopRequest:
         return int(flag.item()) or None
 
 MODEL_OPTIMIZER = "model"
+log = logging.getLogger(__name__)
 
 
 def poly_lr(cfg, iteration: int, total: int, base: float | None = None) -> float:
@@ -152,7 +155,7 @@ class Trainer:
         self.hooks = [*hooks, *tensorboard_hooks(cfg.train.tensorboard, self.work_dir)]
         self.device = dist.resolve_device(cfg.train.device)
         if cfg.train.return_freed_memory and not return_freed_memory():
-            print("train.return_freed_memory: the C library here is not glibc; its allocator is left as it is")
+            log.warning("train.return_freed_memory: the C library here is not glibc; its allocator is left as it is")
         self.amp = resolve_amp(cfg.train.amp, self.device)
         self.eval_amp = resolve_amp(cfg.inference_amp, self.device)
         for key, amp in (("train.amp", self.amp), ("eval.amp", self.eval_amp)):
@@ -242,7 +245,7 @@ class Trainer:
                 moved = prepare_work_dir(self.work_dir, resume, overwrite)
                 self.lock.check_free()
                 if moved is not None:
-                    print(f"--overwrite: the earlier run in {self.work_dir} was moved to {moved}")
+                    log.info(f"--overwrite: the earlier run in {self.work_dir} was moved to {moved}")
             except UnivsegError as e:
                 problem = e
         message = dist.broadcast_object(None if problem is None else str(problem))
@@ -328,11 +331,12 @@ class Trainer:
             torch.cuda.set_rng_state(ckpt.rng["cuda"].cpu(), self.device)
         saved_world = ckpt.data.get("world_size", dist.world_size())
         if saved_world != dist.world_size() and dist.is_main():
-            print(
-                f"note: {source} was written by {saved_world} process(es), this run has "
+            log.warning(
+                f"{source} was written by {saved_world} process(es), this run has "
                 f"{dist.world_size()}: the data order from here on differs from an uninterrupted run"
             )
         self._truncate_metrics(self.start_iter)
+        self.resumed_from = source
 
     def _truncate_metrics(self, iteration: int) -> None:
         """Drop metric records written after the checkpoint we resume from (they will be redone)."""
@@ -541,7 +545,7 @@ class Trainer:
         names = sorted(k[len("nonfinite_"):] for k in terms if k.startswith("nonfinite_"))
         self._log({"iter": done, "skipped_step": True, "nonfinite": names})
         if dist.is_main():
-            print(f"iteration {done}: non-finite loss term(s) {', '.join(names)}; step skipped ({bad_in_row} in a row)")
+            log.warning(f"iteration {done}: non-finite loss term(s) {', '.join(names)}; step skipped ({bad_in_row} in a row)")
         if bad_in_row >= self.cfg.train.max_bad_steps:
             raise TrainingDivergedError(
                 f"the loss was not finite for {bad_in_row} steps in a row (iterations {done - bad_in_row + 1}-{done}; "
@@ -588,12 +592,16 @@ class Trainer:
         bar = tqdm(
             total=t.iters, initial=self.start_iter, desc=f"train {self.cfg.method.name}", disable=not (self.progress and dist.is_main()), dynamic_ncols=True
         )
+        self._log_start()
         running: dict[str, float] = {}
-        count, steps, bad_in_row, tic = 0, 0, 0, time.perf_counter()
+        count, steps, bad_in_row, data_wait, tic = 0, 0, 0, 0.0, time.perf_counter()
         for it in range(self.start_iter, t.iters):
             for hook in self.hooks:
                 hook.before_step(self, it)
-            terms = self.step(it, [self._next_batches(micro) for micro in loaders])
+            fetched = time.perf_counter()
+            batches = [self._next_batches(micro) for micro in loaders]
+            data_wait += time.perf_counter() - fetched
+            terms = self.step(it, batches)
             for hook in self.hooks:
                 hook.after_step(self, it, terms)
             done = it + 1
@@ -611,10 +619,18 @@ class Trainer:
             if (done % t.log_interval == 0 or done == t.iters) and steps:
                 elapsed = time.perf_counter() - tic
                 means = {k: v / count for k, v in running.items()} if count else {}
-                self._log({"iter": done, **self.method.log_record(means), "sec_per_iter": elapsed / steps})
-                running, count, steps, tic = {}, 0, 0, time.perf_counter()
+                record = self.method.log_record(means)
+                self._log({"iter": done, **record, "sec_per_iter": elapsed / steps, "data_sec_per_iter": data_wait / steps,
+                           "peak_mem_gib": peak_memory_gib(self.device)})
+                if dist.is_main():  # with a progress bar the line is a debug record (the bar shows the same)
+                    log.log(logging.DEBUG if self.progress else logging.INFO,
+                            interval_line(done, t.iters, record, elapsed / steps, data_wait / steps, self.device))
+                running, count, steps, data_wait, tic = {}, 0, 0, 0.0, time.perf_counter()
             if t.eval_interval and done % t.eval_interval == 0 and done != t.iters:
-                self._after_eval(done, self.evaluate())
+                results = self.evaluate()
+                self._after_eval(done, results)
+                if dist.is_main():
+                    log.info(f"evaluation at iteration {done}:\n{results_table(results)}")
             saved = done % t.checkpoint_interval == 0 and done != t.iters
             if saved:
                 self._save(self.latest_path, done)
@@ -631,6 +647,15 @@ class Trainer:
         results = {**results, "iteration": final_iter, "best": self.best, "train_amp": self.amp, "train_channels_last": self.channels_last}
         if dist.is_main():
             atomic_write_json(self.work_dir / "eval_results.json", results)
-            if self.progress:
-                print(results_table(results))
+            log.info(f"final evaluation at iteration {final_iter}:\n{results_table(results)}")
         return results
+
+    def _log_start(self) -> None:
+        """Say what the run does, or where it resumed: ``resumed at iteration N of M from latest.pt``."""
+        if not dist.is_main():
+            return
+        total = self.cfg.train.iters
+        if self.start_iter:
+            log.info(f"resumed at iteration {self.start_iter} of {total} from {self.resumed_from.name} ({self.work_dir})")
+        else:
+            log.info(f"training {self.cfg.method.name} for {total} iterations on {self.device} (amp {self.amp}) in {self.work_dir}")

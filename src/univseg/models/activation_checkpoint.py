@@ -12,7 +12,9 @@ running-statistics updates are not part of what is recomputed; there the plain c
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+import functools
+import types
+from typing import Callable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -41,14 +43,29 @@ def _as_in_forward(batch_norms: list[nn.modules.batchnorm._BatchNorm], domains: 
             layer.active = active
 
 
-def run_unit(unit: nn.Module, x: Tensor, enabled: bool) -> Tensor:
-    """``unit(x)``, checkpointed when ``enabled``, the unit is training and gradients are on."""
+def run_unit(unit: nn.Module, x: Tensor, enabled: bool, call: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+    """``unit(x)`` (or ``call(x)``, the unit's computation by another route), checkpointed when
+    ``enabled``, the unit is training and gradients are on."""
+    call = call or unit
     if not (enabled and unit.training and torch.is_grad_enabled()):
-        return unit(x)
+        return call(x)
     if torch.compiler.is_compiling():
-        return checkpoint(unit, x, use_reentrant=False)
+        return checkpoint(call, x, use_reentrant=False)
     batch_norms = [m for m in unit.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
     domains = [(m, m.active) for m in unit.modules() if isinstance(m, DomainBatchNorm2d)]
     return checkpoint(
-        unit, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _as_in_forward(batch_norms, domains))
+        call, x, use_reentrant=False, context_fn=lambda: (contextlib.nullcontext(), _as_in_forward(batch_norms, domains))
     )
+
+
+def checkpoint_in_place(unit: nn.Module) -> nn.Module:
+    """Route ``unit``'s own forward through :func:`run_unit`, enabled by its ``_univseg_checkpointed``
+    flag (:attr:`Backbone.activation_checkpointing` sets it): for encoders whose forward loop is not
+    ours (timm's feature extractors). Parameters and state_dict keys are unchanged; a deep copy of the
+    module is routed the same way. Returns ``unit``."""
+    unit.forward = types.MethodType(_checkpointed_forward, unit)
+    return unit
+
+
+def _checkpointed_forward(unit: nn.Module, x: Tensor) -> Tensor:
+    return run_unit(unit, x, getattr(unit, "_univseg_checkpointed", False), functools.partial(type(unit).forward, unit))

@@ -20,7 +20,7 @@ from ..data.label_space import default_palette
 from ..errors import UnivsegError
 
 #: Keys of a training record that are not loss terms.
-NOT_TERMS = ("iter", "lr", "sec_per_iter")
+NOT_TERMS = ("iter", "lr", "sec_per_iter", "data_sec_per_iter", "peak_mem_gib")
 #: Prefixes and keys of the pseudo-label diagnostics (their own figure, not loss terms).
 PSEUDO_LABEL_PREFIXES = ("confident_", "pl_precision_", "pl_recall_", "pl_coverage_", "cross_kept_")
 PSEUDO_LABEL_KEYS = ("unsup_to_sup",)

@@ -108,11 +108,18 @@ class BackboneSpec:
         imagenet: ``imagenet() -> weights file or state_dict`` giving the ImageNet weights
             (``univseg.models.weights.imagenet_loader(name)``), or None when there are none.
         no_imagenet_reason: why ``imagenet`` is None (put in the error message).
+        pretrained_build: ``pretrained_build(pretrained, **kwargs) -> Backbone`` already holding the
+            weights ``pretrained`` names (``"imagenet"`` or a file path), for backbones whose library
+            loads weights itself (timm); used instead of ``build`` + ``imagenet`` / a file when set.
+        input_norm: ``input_norm() -> (mean, std)`` (0..255 scale) the ImageNet weights expect, or
+            None; for backbones outside the weights catalogue :mod:`univseg.models.weights`.
     """
 
     build: Callable[..., Backbone]
     imagenet: Callable[[], Path | Mapping[str, Any]] | None = None
     no_imagenet_reason: str = ""
+    pretrained_build: Callable[..., Backbone] | None = None
+    input_norm: Callable[[], tuple[tuple[float, ...], tuple[float, ...]] | None] | None = None
 
 
 BACKBONES: Registry[BackboneSpec] = Registry("backbone")
@@ -162,14 +169,16 @@ def build_backbone(name: str, pretrained: str | os.PathLike | None = None, **kwa
             key="model.backbone_args",
             values=unknown,
         )
-    model = spec.build(**kwargs)
-    if pretrained is None:
-        return model
-    if not isinstance(pretrained, (str, os.PathLike)):
+    if pretrained is not None and not isinstance(pretrained, (str, os.PathLike)):
         raise ConfigError(
             f"model.pretrained must be None, 'imagenet' or a file path, got {type(pretrained).__name__}",
             key="model.pretrained",
         )
+    if pretrained is not None and spec.pretrained_build is not None:
+        return spec.pretrained_build(pretrained, **kwargs)
+    model = spec.build(**kwargs)
+    if pretrained is None:
+        return model
     if isinstance(pretrained, str) and pretrained.lower() == "imagenet":
         if spec.imagenet is None:
             reason = f" ({spec.no_imagenet_reason})" if spec.no_imagenet_reason else ""
@@ -229,7 +238,7 @@ def read_weights_file(path: str | os.PathLike) -> Mapping[str, Any]:
     return obj
 
 
-def _unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+def unwrap_state_dict(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     """Find the tensors: accept a raw state dict or ``{"state_dict": ...}`` / ``{"model": ...}``."""
     for _ in range(3):  # e.g. {"model": {"state_dict": ...}}; a few levels at most
         inner = next(
@@ -267,7 +276,7 @@ def load_backbone_weights(
         source = source or str(weights)
         weights = read_weights_file(weights)
     source = source or "state dict"
-    state = _unwrap_state_dict(weights)
+    state = unwrap_state_dict(weights)
     report = LoadReport()
 
     own = model.state_dict()
