@@ -20,9 +20,10 @@ T = TypeVar("T")
 
 
 class StrictModel(BaseModel):
-    """Base of config sections: unknown keys are rejected and assignments are validated."""
+    """Base of config sections: unknown keys and non-finite numbers (``.inf``, ``.nan``) are rejected
+    and assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 def dotted(loc: Sequence[str | int], prefix: str = "") -> str:
