@@ -20,6 +20,10 @@ def run_demo(out: Path, iters: int | None = None, progress: bool = True) -> list
     universal model on a few val images of every domain, in every label space."""
     out = Path(out)
     overrides = [f"train.iters={iters}"] if iters else []
+    warmup = load_config(resolve_config_path("demo")).method.warmup_iters
+    if iters is not None and iters <= warmup:
+        print(f"note: univ-full's entropy alignment terms start at iteration {warmup} (method.warmup_iters); with "
+              f"--iters {iters} they never start and univ-full trains like joint. Use --iters above {warmup} to see them")
     tic = time.perf_counter()
     rows = run_experiment(resolve_config_path("demo"), out, overrides=overrides, progress=progress)
     _write_predictions(out, out / "runs" / "univ-full")
