@@ -44,7 +44,7 @@ from ..data.domain import Domain, build_domains, eval_loader
 from ..data.label_space import LabelSpace
 from ..errors import CheckpointError, ConfigError
 from ..losses.centroids import class_sums
-from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, ensure_writable_folder
+from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder
 from ..utils.table import markdown_table
 from ..viz.heatmap import heatmap
 from .checkpoint import Checkpoint
@@ -433,7 +433,7 @@ def check_align_output(out: Path, overwrite: bool) -> None:
             f"{out} holds the output of an earlier 'univseg align' (alignment.json, heatmaps, mappings); replace it "
             "with --overwrite, or choose another --out", key="--out", path=out,
         )
-    ensure_writable_folder(out, "--out")
+    check_writable_folder(out, "--out")
 
 
 def run_align(args: argparse.Namespace) -> int:

@@ -31,7 +31,7 @@ from typing import Any
 
 from ..config import Config, config_changes, load_config
 from ..errors import ConfigError, TrainingStopped
-from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, ensure_writable_folder
+from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder
 from ..utils.table import markdown_table
 from ..methods import METHODS
 from .experiment_options import KEY_FORMS, KEYED_METHODS, PLAIN_METHODS
@@ -147,7 +147,7 @@ def run_experiment(
     out = Path(out)
     overrides = list(overrides or [])
     base = load_config(config, overrides)
-    ensure_writable_folder(out, "--out")
+    check_writable_folder(out, "--out")
     runs = plan_runs(base, out, methods, seeds)
     by_key_seed = {(r.key, r.seed): r for r in runs}
     configs = []

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import IMAGE_SUFFIXES, files_or_folders, read_image
 from ..errors import ConfigError, DataError, MissingFileError, UnreadableFileError
-from ..utils.files import atomic_write, ensure_writable_folder
+from ..utils.files import atomic_write, check_writable_folder
 from ..viz import overlay
 from .export import open_predictor
 from .inference import InferenceSettings
@@ -111,7 +111,7 @@ def check_output_folder(out_dir: Path, inputs: Iterable[str | Path]) -> None:
                 f"--out {out_dir} is inside the input folder {folder}: a later run would read the predictions as "
                 f"input images; choose an --out outside {folder}", key="--out", path=out_dir,
             )
-    ensure_writable_folder(out_dir, "--out")
+    check_writable_folder(out_dir, "--out")
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:

@@ -10,6 +10,7 @@ resumed run, because the saved state would not fit them (:data:`FIXED_ON_RESUME`
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,6 +18,7 @@ from pydantic import ValidationError
 
 from ..config import Config, config_differences
 from ..errors import CheckpointError, ConfigError
+from ..validation import dotted
 
 #: keys whose change the saved state does not fit (another method's state, another optimizer's state)
 FIXED_ON_RESUME = ("method.name", "method.domains", "train.optimizer.type")
@@ -34,15 +36,7 @@ def resume_changes(stored: Mapping[str, Any], cfg: Config, allowed: Sequence[str
     Raises ConfigError listing the differences that are not allowed and the ways out, naming the
     ones (FIXED_ON_RESUME) that cannot change at all.
     """
-    try:
-        old = Config.model_validate(dict(stored))
-    except ValidationError as e:
-        raise CheckpointError(
-            f"--resume: the config saved in {source} no longer validates ({e.error_count()} problem(s)); it cannot be "
-            "compared with this one. Start over with --overwrite (the old run is moved aside, not deleted)",
-            path=source,
-        ) from None
-    diffs = config_differences(old, cfg)
+    diffs = config_differences(_stored_config(stored, source), cfg)
     lines = {key: f"{key}: {a!r} -> {b!r}" for key, a, b in diffs}
     fixed = [k for k in lines if any(_covers(f, k) for f in FIXED_ON_RESUME)]
     refused = [k for k in lines if k not in fixed and not any(_covers(a, k) for a in allowed)]
@@ -50,6 +44,30 @@ def resume_changes(stored: Mapping[str, Any], cfg: Config, allowed: Sequence[str
         raise ConfigError(_refusal(lines, fixed, refused, source, iteration), path=source,
                           key=(fixed + refused)[0], values=[lines[k] for k in fixed + refused])
     return list(lines.values())
+
+
+def _stored_config(stored: Mapping[str, Any], source: Path) -> Config:
+    """The config saved in checkpoint ``source``, validated as this univseg's Config: keys that no longer
+    exist (written by an older univseg, unused now) are dropped, keys added since take their defaults.
+    CheckpointError when it does not validate otherwise."""
+    data = copy.deepcopy(dict(stored))
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        problems = e.errors(include_url=False)
+    if any(p["type"] != "extra_forbidden" for p in problems):
+        raise CheckpointError(
+            f"--resume: the config saved in {source} does not validate ({', '.join(dotted(p['loc']) for p in problems)}); "
+            "it cannot be compared with this one. Start over with --overwrite (the old run is moved aside, not deleted)",
+            path=source,
+        )
+    for p in problems:
+        *parents, key = p["loc"]
+        node: Any = data
+        for part in parents:
+            node = node[part]
+        del node[key]
+    return Config.model_validate(data)
 
 
 def _refusal(lines: Mapping[str, str], fixed: list[str], refused: list[str], source: Path, iteration: int) -> str:

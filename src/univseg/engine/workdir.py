@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import WorkDirError
-from ..utils.files import ensure_writable_folder
+from ..utils.files import check_writable_folder
 
 RUN_FILES = ("latest.pt", "best.pt")
 
@@ -33,7 +33,7 @@ def prepare_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> Path | No
     """
     if resume and overwrite:
         raise WorkDirError("--resume and --overwrite contradict each other: continue the run or start over, not both")
-    ensure_writable_folder(work_dir, "--work-dir")
+    check_writable_folder(work_dir, "--work-dir")
     if resume or not holds_run(work_dir):
         return None
     if not overwrite:

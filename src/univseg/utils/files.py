@@ -130,17 +130,17 @@ def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]
     return stale
 
 
-def ensure_writable_folder(folder: Path, flag: str) -> None:
-    """Create ``folder`` when missing and check that files can be created in it (a test file is created
-    and deleted). WriteError naming ``flag`` (the option that chose the folder) and the folder when a
-    file stands where the folder or one above it should be, or when it cannot be created or written."""
-    existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
-    if existing is not None and not existing.is_dir():
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Check that ``folder`` can hold files without creating it: it, or the nearest folder above it
+    that exists, is a folder in which a file can be created (a test file is created and deleted).
+    WriteError naming ``flag`` (the option that chose the folder) and the folder otherwise: a file
+    where the folder or one above it should be, no permission, a read-only file system."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
         where = f"{flag} {folder} is a file" if existing == folder else f"{flag} {folder}: {existing} is a file"
         raise WriteError(f"{where}, not a folder; give a folder (it is created when missing)", path=existing, key=flag)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=folder)
+        fd, name = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=existing)
         os.close(fd)
         os.unlink(name)
     except OSError as e:
