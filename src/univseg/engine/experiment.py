@@ -35,6 +35,7 @@ from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, ch
 from ..utils.table import markdown_table
 from ..methods import METHODS
 from .experiment_options import KEY_FORMS, KEYED_METHODS, PLAIN_METHODS
+from .workdir import holds_run
 
 
 @dataclass
@@ -163,7 +164,7 @@ def run_experiment(
             print(f"== {run.key} (seed {run.seed}): finished earlier, results reused from {run.work_dir}")
             res = json.loads((run.work_dir / "eval_results.json").read_text())
         else:
-            resume = (run.work_dir / "latest.pt").is_file()
+            resume = holds_run(run.work_dir)  # latest.pt, or best.pt alone (stopped before the first checkpoint)
             verb = "resuming" if resume else "training"
             print(f"== {run.key} (seed {run.seed}): {verb} {cfg.train.iters} iterations on {', '.join(cfg.trained_domains)}")
             try:
