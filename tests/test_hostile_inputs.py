@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import errno
-import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -185,3 +185,31 @@ def test_debug_keeps_the_traceback_of_a_refused_resume(trained, tmp_path):
     shutil.copy(trained / "tiny.yaml", tmp_path / "tiny.yaml")
     with pytest.raises(ConfigError, match="train.optimizer.lr"):
         main(["--debug", *train(tmp_path, "--resume", "--set", "train.optimizer.lr=0.01")])
+
+
+def test_a_binary_class_mapping_file_is_named_not_a_traceback(tmp_path):
+    from univseg.data.mapping import read_mapping_file
+    from univseg.errors import ConfigError
+
+    path = tmp_path / "city-to-rural.yaml"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)))
+    with pytest.raises(ConfigError, match=r"city-to-rural\.yaml: not a YAML text file"):
+        read_mapping_file(path)
+    alias_bomb(path)
+    with pytest.raises(ConfigError, match=r"city-to-rural\.yaml: expands to more than"):
+        read_mapping_file(path)
+
+
+@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root writes into read-only folders; "
+                    "the injected EROFS cases of the table cover the message")
+def test_a_read_only_work_dir_for_real(trained, tmp_path, capsys):
+    shutil.copytree(trained / "run", tmp_path / "run")
+    shutil.copy(trained / "tiny.yaml", tmp_path / "tiny.yaml")
+    (tmp_path / "run").chmod(0o555)
+    try:
+        before = snapshot(tmp_path)
+        assert main(train(tmp_path, "--resume", "--allow-changes", "train.iters", "--set", "train.iters=6")) == 2
+        assert "run: cannot write there (Permission denied)" in capsys.readouterr().err
+        assert snapshot(tmp_path) == before
+    finally:
+        (tmp_path / "run").chmod(0o755)

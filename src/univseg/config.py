@@ -21,7 +21,7 @@ from .data.domain_config import DomainConfig, LabeledConfig, UnlabeledConfig  # 
 from .data.registry import check_split, resolve_dataset
 from .errors import ConfigError, UnknownNameError
 from .registry import suggest
-from .validation import StrictModel, dotted, error_lines
+from .validation import StrictModel, check_yaml_size, dotted, error_lines, load_yaml_file
 
 
 class ModelConfig(StrictModel):
@@ -528,60 +528,13 @@ def _expand_env(value: Any, source: str = "config", loc: tuple[str | int, ...] =
     return value
 
 
-#: the most values (mappings, lists and scalars, each alias counted as the copy it stands for) a config may
-#: hold: far above any real config, far below what nested aliases (a "billion laughs" file) expand to
-MAX_CONFIG_NODES = 100_000
-
-
-def check_config_size(data: Any, source: str) -> None:
-    """ConfigError naming ``source`` when ``data`` expands to more than MAX_CONFIG_NODES values or
-    refers to itself (a recursive alias). Shared subtrees (YAML aliases) are sized once, so this
-    takes time linear in the file, not in the expansion."""
-    sizes: dict[int, int] = {}
-    open_ids: set[int] = set()
-
-    def size(node: Any) -> int:
-        if not isinstance(node, (dict, list)):
-            return 1
-        if id(node) in sizes:
-            return sizes[id(node)]
-        if id(node) in open_ids:
-            raise ConfigError(f"{source}: an alias refers to the mapping or list that contains it (a recursive "
-                              "alias); write the values out instead")
-        open_ids.add(id(node))
-        children = node.values() if isinstance(node, dict) else node
-        total = 1
-        for child in children:
-            total += size(child)
-            if total > MAX_CONFIG_NODES:
-                raise ConfigError(
-                    f"{source}: the config expands to more than {MAX_CONFIG_NODES} values (nested YAML aliases "
-                    "'*name' repeat their anchor's content); a config is far smaller: remove the nested aliases",
-                    values={"limit": MAX_CONFIG_NODES},
-                )
-        open_ids.discard(id(node))
-        sizes[id(node)] = total
-        return total
-
-    size(data)
-
-
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; missing files, files that are not UTF-8 text, syntax errors and nested
-    aliases that expand beyond MAX_CONFIG_NODES become ConfigErrors naming the file."""
+    """Read a YAML mapping; missing files and the problems :func:`~univseg.validation.load_yaml_file`
+    finds (not UTF-8 text, invalid YAML, aliases expanding too far) become ConfigErrors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as e:
-        raise ConfigError(
-            f"{path}: not a YAML text file (byte {e.start} is not UTF-8 text); give the experiment's .yaml config",
-            path=path,
-        ) from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
-    check_config_size(data, str(path))
+    data = load_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -639,7 +592,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     for assignment in overrides or []:
         apply_override(raw, assignment)
     if overrides:
-        check_config_size(raw, f"{source} with --set {' '.join(overrides)}")
+        check_yaml_size(raw, f"{source} with --set {' '.join(overrides)}")
     return validate_config(_expand_env(raw, source), source=source)
 
 
