@@ -86,8 +86,10 @@ def test_resume_with_allow_changes_extends_the_run_and_logs_the_change(setup, tm
     assert "train.iters: 4 -> 6" in err and "--resume --allow-changes train.iters" in err and "--overwrite" in err
     assert (work / "config.yaml").read_text() == config_before and Checkpoint.load(work / "latest.pt").iteration == 4
 
-    assert train(cfg, work, "--resume", "--allow-changes", "train.iters") == 0
-    assert "continuing from iteration 4 with changed settings (--allow-changes): train.iters: 4 -> 6" in capsys.readouterr().out
+    assert train(cfg, work, "--resume", "--allow-changes", "train.iters", "seed") == 0
+    out = capsys.readouterr().out
+    assert "continuing from iteration 4 with changed settings (--allow-changes): train.iters: 4 -> 6" in out
+    assert "--allow-changes seed: not changed" in out
     assert Checkpoint.load(work / "latest.pt").iteration == 6
     assert {"iter": 4, "config_changes": ["train.iters: 4 -> 6"]} in strict_lines(work / "metrics.jsonl")
     history = strict_lines(work / "config_history.jsonl")

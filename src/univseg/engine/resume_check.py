@@ -29,9 +29,12 @@ def _covers(allowed: str, key: str) -> bool:
     return key == allowed or key.startswith((f"{allowed}.", f"{allowed}["))
 
 
-def resume_changes(stored: Mapping[str, Any], cfg: Config, allowed: Sequence[str], source: Path, iteration: int) -> list[str]:
+def resume_changes(
+    stored: Mapping[str, Any], cfg: Config, allowed: Sequence[str], source: Path, iteration: int
+) -> tuple[list[str], list[str]]:
     """The differences (``'key: old -> new'``) between ``cfg`` and ``stored``, the config checkpoint
-    ``source`` (at ``iteration``) was trained with, when ``allowed`` covers every one of them.
+    ``source`` (at ``iteration``) was trained with, when ``allowed`` covers every one of them; and
+    the keys of ``allowed`` that cover none (nothing changed there).
 
     Raises ConfigError listing the differences that are not allowed and the ways out, naming the
     ones (FIXED_ON_RESUME) that cannot change at all.
@@ -43,7 +46,7 @@ def resume_changes(stored: Mapping[str, Any], cfg: Config, allowed: Sequence[str
     if fixed or refused:
         raise ConfigError(_refusal(lines, fixed, refused, source, iteration), path=source,
                           key=(fixed + refused)[0], values=[lines[k] for k in fixed + refused])
-    return list(lines.values())
+    return list(lines.values()), [a for a in allowed if not any(_covers(a, k) for k in lines)]
 
 
 def _stored_config(stored: Mapping[str, Any], source: Path) -> Config:

@@ -337,8 +337,7 @@ class Trainer:
                 "it was written by another method: resume with the method that wrote it or start a new work dir",
                 path=source,
             )
-        self.config_changes = resume_changes(ckpt.config, self.cfg, allow_changes, source, ckpt.iteration)
-        unused = [k for k in allow_changes if not any(c.startswith((f"{k}:", f"{k}.", f"{k}[")) for c in self.config_changes)]
+        self.config_changes, unused = resume_changes(ckpt.config, self.cfg, allow_changes, source, ckpt.iteration)
         if unused and dist.is_main():
             print(f"note: --allow-changes {' '.join(unused)}: not changed since {source}")
         ckpt.load_weights(self.model, source)
@@ -569,8 +568,8 @@ class Trainer:
         """Whether metrics.jsonl holds the evaluation after ``iteration`` (every rank gets rank 0's answer)."""
         found = None
         if dist.is_main() and self.metrics_path.is_file():
-            found = any(json.loads(ln).get("iter") == iteration and "eval" in json.loads(ln)
-                        for ln in self.metrics_path.read_text().splitlines() if ln)
+            logged = [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln]
+            found = any(r.get("iter") == iteration and "eval" in r for r in logged)
         return bool(dist.broadcast_object(found))
 
     def _after_eval(self, iteration: int, results: Mapping[str, Any]) -> None:
