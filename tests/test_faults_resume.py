@@ -126,15 +126,16 @@ def sigterm_on_first_call(monkeypatch, module, name: str) -> list[int]:
     ("the centroid pass", trainer_module, "class_sums", 2),
 ], ids=["evaluation", "centroid pass"])
 def test_sigterm_inside_a_long_pass_stops_after_the_current_batch_and_resume_is_exact(
-    setup, tmp_path, monkeypatch, capsys, where, module, name, stopped_at
+    setup, tmp_path, monkeypatch, capfd, where, module, name, stopped_at
 ):
     cfg, reference = setup
     work = tmp_path / "work"
     with monkeypatch.context() as m:
         calls = sigterm_on_first_call(m, module, name)
         assert train(cfg, work) == EXIT_STOPPED
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert len(calls) == 1  # the batch in progress finished; no further batch of the pass started
+    assert "SIGTERM: stopping after the current step or batch" in err  # said at once, not only at the end
     assert f"stopped by SIGTERM during {where} after iteration {stopped_at}" in err and "--resume" in err
     assert "Traceback" not in err
     assert Checkpoint.load(work / "latest.pt").iteration == stopped_at

@@ -32,7 +32,7 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
     """Files named directly (images or videos) and images found (recursively, sorted) in the given folders,
     each file once."""
-    found = list({p.resolve(): p for p in reversed(files_or_folders(inputs))}.values())[::-1]
+    found = list({p.resolve(): p for p in files_or_folders(inputs)}.values())
     if not found:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found

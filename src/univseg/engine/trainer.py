@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import threading
 import time
@@ -50,8 +51,9 @@ def _same_size_batch(batch: dict[str, Any], domain: str, kind: str) -> dict[str,
 
 
 class StopRequest:
-    """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step; a
-    second one acts at once (the handlers in force before are restored after the first)."""
+    """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step (or
+    batch of an evaluation or centroid pass) and says so; a second one acts at once (the handlers in
+    force before are restored after the first)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,6 +63,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        if dist.is_main():  # os.write: a print here could re-enter a print (a progress bar) it interrupted
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current step or batch to write "
+                     "latest.pt; send it again to stop at once\n".encode())
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
