@@ -50,8 +50,10 @@ def test_format_1_checkpoints_load_and_predict_as_the_previous_code_did(name, au
 def test_training_resumes_from_a_format_1_checkpoint(name, method_keys, tmp_path):
     raw_old = torch.load(V1 / f"{name}.pt", weights_only=True)
     shutil.copy(V1 / f"{name}.pt", tmp_path / "latest.pt")
-    t = Trainer(validate_config(v1_raw(name.replace("_", "-"), **method_keys)), tmp_path, resume=True, progress=False)
-    assert t.start_iter == 3
+    # the fixture stopped at iteration 3 of 3, before train.channels_last existed: going on to 4 is a change on purpose
+    t = Trainer(validate_config(v1_raw(name.replace("_", "-"), **method_keys)), tmp_path, resume=True, progress=False,
+                allow_changes=("train.iters", "train.channels_last"))
+    assert t.start_iter == 3 and t.config_changes == ["train.iters: 3 -> 4", "train.channels_last: 'auto' -> False"]
     for k, v in raw_old["model"].items():
         assert torch.equal(t.model.state_dict()[k], v), k
     old_method = raw_old["method"]

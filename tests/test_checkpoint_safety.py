@@ -189,7 +189,7 @@ def half_written_then(error: Exception):
     """A torch.save that writes part of the file, then fails with ``error`` (a full disk)."""
 
     def save(obj, f, *args, **kwargs):
-        Path(f).write_bytes(b"PK\x03\x04 half a checkpoint")
+        f.write(b"PK\x03\x04 half a checkpoint")
         raise error
 
     return save

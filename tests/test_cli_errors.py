@@ -146,7 +146,7 @@ CASES: list[Case] = [
     ("predict: --out is a file", lambda d, c: ["predict", str(c), str(d / "ok.png"), "--out", str(_a_file(d / "out.txt"))], "out.txt is a file"),
     ("predict: input missing", lambda d, c: ["predict", str(c), str(d / "no.png"), "--out", str(d / "out")], "no.png"),
     ("predict: corrupt image", lambda d, c: ["predict", str(c), str(_bad_image(d / "bad.jpg")), "--out", str(d / "out")], "bad.jpg"),
-    ("predict: unknown label space", lambda d, c: ["predict", str(c), str(d), "--out", str(d / "out"), "--label-space", "moon"], "moon"),
+    ("predict: unknown label space", lambda d, c: ["predict", str(c), str(d / "ok.png"), "--out", str(d / "out"), "--label-space", "moon"], "moon"),
     ("experiment: unknown method key", lambda d, c: ["experiment", str(tiny(d)), "--methods", "bogus", "--out", str(d / "exp")], "bogus"),
     ("split: unknown domain", lambda d, c: ["split", str(tiny(d)), "--out", str(d / "s"), "--domains", "moon"], "moon"),
     ("data download: no root", lambda d, c: ["data", "download", "camvid"], "--root"),

@@ -40,7 +40,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = _load(args)
     work_dir = Path(args.work_dir) if args.work_dir else Path("work_dirs") / cfg.name
     try:
-        results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite).run()
+        results = Trainer(cfg, work_dir, resume=args.resume, progress=not args.no_progress, overwrite=args.overwrite,
+                          allow_changes=args.allow_changes).run()
         main_process = dist.is_main()
     finally:
         dist.cleanup_distributed()
@@ -235,6 +236,20 @@ def _at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+#: what to do after Ctrl-C, for the verbs whose work can be continued
+INTERRUPTED_HINTS = {
+    "train": "; continue from the last checkpoint with --resume",
+    "experiment": "; run the same command again to resume (finished runs are reused)",
+}
+
+
+def os_error_message(e: OSError) -> str:
+    """The message of a file-system error that no layer turned into a UnivsegError: the file, the reason, what to do."""
+    target = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+    return (f"{target}: {e.strerror or e}; check that the path exists and is a folder or file as expected, "
+            "that you may write there, and that the disk has space")
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}"
 
@@ -311,6 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--resume", action="store_true", help="continue from WORK_DIR/latest.pt exactly where it stopped")
     sp.add_argument("--overwrite", action="store_true",
                     help="start over in a WORK_DIR that holds a run: the old run is moved to WORK_DIR.old-<time>")
+    sp.add_argument("--allow-changes", nargs="+", default=[], metavar="KEY",
+                    help="with --resume: settings (dotted keys, e.g. train.iters to extend the run) that may differ from "
+                    "the ones the checkpoint was trained with; logged in metrics.jsonl and config_history.jsonl")
     sp.add_argument("--amp", choices=["auto", "none", "bf16", "fp16"], help="autocast precision (overrides train.amp)")
 
     sp = verb("experiment", cmd_experiment, "compare methods on one config (the paper's table)",
@@ -450,8 +468,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"univseg {args.verb}: error: {user_message(e)}", file=sys.stderr)
         return EXIT_USAGE
+    except OSError as e:
+        if args.debug or e.filename is None:  # not a file's problem: a bug to report, with its traceback
+            raise
+        print(f"univseg {args.verb}: error: {os_error_message(e)}", file=sys.stderr)
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("interrupted; resume training with --resume", file=sys.stderr)
+        print(f"univseg {args.verb}: interrupted{INTERRUPTED_HINTS.get(args.verb, '')}", file=sys.stderr)
         return 130
 
 

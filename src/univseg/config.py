@@ -3,7 +3,8 @@
 Every key is declared once with a one-line description: below, or for a domain in
 :mod:`univseg.data.domain_config` (re-exported here). Unknown keys and wrong types are rejected
 with the dotted path of the offending key and, for typos, the closest valid key.
-Strings may reference environment variables as ``${NAME}`` or ``${NAME:-default}``.
+Strings may reference environment variables as ``${NAME}`` or ``${NAME:-default}`` (the default also
+when NAME is set but empty, as in a shell). Non-finite numbers (``.inf``, ``.nan``) are refused everywhere.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from .data.domain_config import DomainConfig, LabeledConfig, UnlabeledConfig  # 
 from .data.registry import check_split, resolve_dataset
 from .errors import ConfigError, UnknownNameError
 from .registry import suggest
-from .validation import StrictModel, dotted, error_lines
+from .validation import StrictModel, check_yaml_size, dotted, error_lines, load_yaml_file
 
 
 class ModelConfig(StrictModel):
@@ -277,7 +278,7 @@ class MethodConfig(StrictModel):
 class OptimizerConfig(StrictModel):
     type: Literal["sgd", "adamw"] = Field("sgd", description="optimizer")
     lr: float = Field(0.01, gt=0, description="base learning rate")
-    momentum: float = Field(0.9, ge=0, description="SGD momentum")
+    momentum: float = Field(0.9, ge=0, lt=1, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0, description="weight decay")
     betas: tuple[float, float] = Field((0.9, 0.999), description="AdamW betas")
     encoder_lr_factor: float = Field(
@@ -285,6 +286,13 @@ class OptimizerConfig(StrictModel):
         description="the encoder's learning rate as a share of lr (decoder, heads and embedding keep lr): below 1 "
         "for a pretrained encoder under new heads (UniMatch: the heads at 10x the backbone's, i.e. 0.1)",
     )
+
+    @field_validator("betas")
+    @classmethod
+    def _check_betas(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not all(0 <= b < 1 for b in v):
+            raise ValueError(f"each AdamW beta must be in [0, 1), got {list(v)}")
+        return v
 
 
 class ScheduleConfig(StrictModel):
@@ -408,6 +416,18 @@ class InferenceConfig(StrictModel):
         return value
 
 
+    @model_validator(mode="after")
+    def _window_needs_slide(self) -> "InferenceConfig":
+        """A crop or stride with whole-image inference would be ignored without a word: refused instead."""
+        given = [k for k in ("crop", "stride") if getattr(self, k) is not None]
+        if given and self.mode != "slide":
+            raise ValueError(
+                f"{' and '.join(given)} given with mode '{self.mode}', which does not use them: add mode: slide "
+                f"(--mode slide) for sliding windows, or leave out {' and '.join(given)}"
+            )
+        return self
+
+
 class EvalConfig(InferenceConfig):
     """Evaluation settings: the inference keys (mode, crop, stride, flip, scales) plus the ones below."""
 
@@ -521,8 +541,9 @@ def _expand_env(value: Any, source: str = "config", loc: tuple[str | int, ...] =
     if isinstance(value, str):
         def sub(m: re.Match) -> str:
             name, default = m.group(1), m.group(2)
-            if name in os.environ:
-                return os.environ[name]
+            value = os.environ.get(name)
+            if value or (value is not None and default is None):  # ${NAME:-default}: set but empty takes the default
+                return value
             if default is None:
                 key = dotted(loc)
                 raise ConfigError(
@@ -540,14 +561,12 @@ def _expand_env(value: Any, source: str = "config", loc: tuple[str | int, ...] =
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; missing files and syntax errors become ConfigErrors naming the file."""
+    """Read a YAML mapping; missing files and the problems :func:`~univseg.validation.load_yaml_file`
+    finds (not UTF-8 text, invalid YAML, aliases expanding too far) become ConfigErrors naming the file."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}") from None
+    data = load_yaml_file(path)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of keys, got {type(data).__name__}")
     return data
@@ -601,9 +620,11 @@ def _list_index(items: list, part: str, where: str) -> int:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None, data: dict | None = None) -> Config:
     """Load, override and validate a config; raises ConfigError naming the offending key."""
     raw = read_yaml(path) if path is not None else dict(data or {})
+    source = str(path) if path else "config"
     for assignment in overrides or []:
         apply_override(raw, assignment)
-    source = str(path) if path else "config"
+    if overrides:
+        check_yaml_size(raw, f"{source} with --set {' '.join(overrides)}")
     return validate_config(_expand_env(raw, source), source=source)
 
 
@@ -703,7 +724,12 @@ METHOD_SECTIONS = {
 def config_changes(old: Config, new: Config) -> list[str]:
     """``'key: old -> new'`` for every setting that differs and could change a run's results (not the
     settings sections of methods other than the run's own, e.g. ``method.souly`` of a joint run)."""
-    changes: list[str] = []
+    return [f"{key}: {a!r} -> {b!r}" for key, a, b in config_differences(old, new)]
+
+
+def config_differences(old: Config, new: Config) -> list[tuple[str, Any, Any]]:
+    """``(dotted key, old value, new value)`` of every difference :func:`config_changes` lists."""
+    changes: list[tuple[str, Any, Any]] = []
     unread = {s for sections in METHOD_SECTIONS.values() for s in sections} - set(METHOD_SECTIONS.get(old.method.name, ()))
     if old.method.name != new.method.name:
         unread = set()
@@ -719,7 +745,7 @@ def config_changes(old: Config, new: Config) -> list[str]:
             for i, (x, y) in enumerate(zip(a, b)):
                 walk(x, y, loc + (i,))
         elif a != b:
-            changes.append(f"{key}: {a!r} -> {b!r}")
+            changes.append((key, a, b))
 
     walk(old.to_dict(), new.to_dict(), ())
     return changes

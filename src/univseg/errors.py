@@ -102,6 +102,12 @@ class TrainingStopped(UnivsegError):
         self.signal_name = signal_name
 
 
+class StopRequested(Exception):
+    """Raised between the batches of a long pass (evaluation, the centroid pass) when a stop signal
+    has arrived; the trainer checkpoints the last finished step and raises :class:`TrainingStopped`.
+    Control flow inside training, not a user error."""
+
+
 class DownloadError(UnivsegError, RuntimeError):
     """A dataset download or extraction failed."""
 

@@ -8,8 +8,10 @@ transforms) use them, so this module imports nothing from either: only the regis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Generic, Sequence, TypeVar
 
+import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic.fields import FieldInfo
 
@@ -20,9 +22,63 @@ T = TypeVar("T")
 
 
 class StrictModel(BaseModel):
-    """Base of config sections: unknown keys are rejected and assignments are validated."""
+    """Base of config sections: unknown keys and non-finite numbers (``.inf``, ``.nan``) are rejected
+    and assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+
+#: the most values (mappings, lists and scalars, each alias counted as the copy it stands for) a YAML
+#: file may hold: far above any real config or class mapping, far below what nested aliases (a
+#: "billion laughs" file) expand to
+MAX_YAML_NODES = 100_000
+
+
+def load_yaml_file(path: Path) -> Any:
+    """The data of YAML file ``path``. ConfigError naming it when it is not UTF-8 text (e.g. a binary
+    file), not valid YAML, or expands beyond MAX_YAML_NODES values (:func:`check_yaml_size`)."""
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(
+            f"{path}: not a YAML text file (byte {e.start} is not UTF-8 text); give a .yaml file", path=str(path)
+        ) from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML: {e}", path=str(path)) from None
+    check_yaml_size(data, str(path))
+    return data
+
+
+def check_yaml_size(data: Any, source: str) -> None:
+    """ConfigError naming ``source`` when ``data`` expands to more than MAX_YAML_NODES values or
+    refers to itself (a recursive alias). Shared subtrees (YAML aliases) are sized once, so this
+    takes time linear in the file, not in the expansion."""
+    sizes: dict[int, int] = {}
+    open_ids: set[int] = set()
+
+    def size(node: Any) -> int:
+        if not isinstance(node, (dict, list)):
+            return 1
+        if id(node) in sizes:
+            return sizes[id(node)]
+        if id(node) in open_ids:
+            raise ConfigError(f"{source}: an alias refers to the mapping or list that contains it (a recursive "
+                              "alias); write the values out instead")
+        open_ids.add(id(node))
+        total = 1
+        for child in node.values() if isinstance(node, dict) else node:
+            total += size(child)
+            if total > MAX_YAML_NODES:
+                raise ConfigError(
+                    f"{source}: expands to more than {MAX_YAML_NODES} values (nested YAML aliases '*name' repeat "
+                    "their anchor's content); a config is far smaller: remove the nested aliases",
+                    values={"limit": MAX_YAML_NODES},
+                )
+        open_ids.discard(id(node))
+        sizes[id(node)] = total
+        return total
+
+    size(data)
 
 
 def dotted(loc: Sequence[str | int], prefix: str = "") -> str:

@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Mapping
 
 import numpy as np
-import yaml
 
 from ..errors import ConfigError, MissingFileError
+from ..validation import load_yaml_file
 from .label_space import LabelSpace
 
 _BUILTIN: dict[tuple[str, str], dict[str, str | None]] = {}
@@ -44,10 +44,7 @@ def read_mapping_file(path: str | Path) -> MappingFile:
     path = Path(path)
     if not path.is_file():
         raise MissingFileError(f"class mapping file not found: {path}", path=path)
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: invalid YAML: {e}", path=path) from None
+    data = load_yaml_file(path) or {}
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping 'source class: target class', got {type(data).__name__}", path=path)
     table = data.get("mapping", data)

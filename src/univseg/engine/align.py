@@ -44,7 +44,7 @@ from ..data.domain import Domain, build_domains, eval_loader
 from ..data.label_space import LabelSpace
 from ..errors import CheckpointError, ConfigError
 from ..losses.centroids import class_sums
-from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
+from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder
 from ..utils.table import markdown_table
 from ..viz.heatmap import heatmap
 from .checkpoint import Checkpoint
@@ -425,12 +425,24 @@ def compute_alignment(predictor: Predictor, method_state: Mapping[str, torch.Ten
     return Alignment(dict(spaces), centroids, source, counts)
 
 
+def check_align_output(out: Path, overwrite: bool) -> None:
+    """ConfigError when ``out`` holds the output of an earlier ``univseg align`` (unless ``overwrite``);
+    WriteError when ``out`` cannot be written."""
+    if (out / "alignment.json").is_file() and not overwrite:
+        raise ConfigError(
+            f"{out} holds the output of an earlier 'univseg align' (alignment.json, heatmaps, mappings); replace it "
+            "with --overwrite, or choose another --out", key="--out", path=out,
+        )
+    check_writable_folder(out, "--out")
+
+
 def run_align(args: argparse.Namespace) -> int:
     """``univseg align``: compute the affinities, write heatmaps, tables and suggested mappings."""
     rule = MatchRule(args.min_fraction, args.min_cosine, args.min_pixels)
     if args.set and not args.data:
         raise ConfigError("--set overrides keys of the --data config; give --data CONFIG", key="--set")
     path = Path(args.checkpoint)
+    out = Path(args.out) if args.out else path.with_name(f"{path.stem}_align")
     predictor = Predictor.from_checkpoint(path, device=args.device)
     spaces = predictor.label_spaces
     if len(spaces) < 2:
@@ -439,6 +451,7 @@ def run_align(args: argparse.Namespace) -> int:
             f"{path} has one label space (head '{head}': {space.name}); nothing to align: give the checkpoint of a "
             "model with two or more heads (a universal model trained on several domains)", path=path,
         )
+    check_align_output(out, args.overwrite)
     cfg = load_config(resolve_config_path(args.data), list(args.set)) if args.data else None
     if cfg is not None:
         predictor.inference = InferenceSettings.from_config(cfg.eval)
@@ -447,7 +460,6 @@ def run_align(args: argparse.Namespace) -> int:
         predictor, Checkpoint.load(path).method, path, build_domains(cfg) if cfg else None, args.data,
         cfg.eval.batch_size if cfg else 4, cfg.eval.max_images if cfg else None, progress,
     )
-    out = Path(args.out) if args.out else path.with_name(f"{path.stem}_align")
     write_alignment(alignment, out, rule, str(path), args.data)
     print(suggestions_text(alignment, rule))
     print(f"heatmaps, alignment.md, alignment.json and mapping_<A>-to-<B>.yaml files written to {out}")

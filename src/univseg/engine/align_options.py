@@ -21,6 +21,7 @@ def add_align_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", action="append", metavar="KEY=VALUE", default=[],
                         help="override a key of the --data config, e.g. --set eval.max_images=20 (repeatable)")
     parser.add_argument("--out", help="output folder (default: beside the checkpoint, <stem>_align)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the output of an earlier 'univseg align' in --out")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--min-fraction", type=float, default=DEFAULT_MIN_FRACTION, metavar="F",
                         help="a class maps to its best class by co-prediction when that class took at least this "

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 from ..data.domain import Domain, eval_loader
 from ..data.label_space import LabelSpace
 from ..data.mapping import ClassMapping
-from ..errors import CheckpointError
+from ..errors import CheckpointError, StopRequested
 from ..utils import dist
 from ..utils.table import markdown_table
 from .inference import InferenceSettings, infer_logits
@@ -104,9 +104,11 @@ def evaluate_domain(
     num_workers: int = 0,
     progress: bool = True,
     inference: InferenceSettings = InferenceSettings(),
+    stop: Callable[[], bool] | None = None,
 ) -> ConfusionMatrix:
     """Confusion matrix of ``model`` on ``domain``'s val split (sharded over ranks, then summed),
-    predicted as ``inference`` says."""
+    predicted as ``inference`` says. ``stop`` is asked before every batch; when it says so,
+    StopRequested is raised."""
     view = domain.val
     n = len(view) if max_images is None else min(max_images, len(view))
     indices = list(range(dist.rank(), n, dist.world_size()))
@@ -115,6 +117,8 @@ def evaluate_domain(
     lut = torch.tensor(choice.mapping.lut) if choice.mapping is not None else None
     bar = tqdm(loader, desc=f"eval {domain.name}", leave=False, disable=not (progress and dist.is_main()))
     for batch in bar:
+        if stop is not None and stop():
+            raise StopRequested
         for img, lab in size_groups(batch):
             pred = predict_labels(model, img, choice.head, amp, inference).cpu()
             if lut is not None:
@@ -133,6 +137,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     source: str | Path | None = None,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, Any]:
     """Score ``model`` on every domain; returns ``{"domains": {name: summary}, "mean_mIoU": float, "amp": str}``
     (``amp``: the autocast precision the predictions ran in, resolved).
@@ -144,6 +149,7 @@ def evaluate(
     ``univseg report`` draws. Domains no head can be mapped to are reported with
     ``"skipped"`` and the reason, and left out of the mean; when that is every domain, CheckpointError
     names the heads and the domains (``source``: the checkpoint the model comes from, if any).
+    ``stop`` (e.g. "a stop signal arrived") is asked between batches: StopRequested ends the evaluation.
     """
     choices = {d.name: choose_head(heads, d.name, d.label_space, eval_cfg.mappings) for d in domains}
     if domains and all(c is None for c in choices.values()):
@@ -163,7 +169,7 @@ def evaluate(
                 }
                 continue
             cm = evaluate_domain(
-                model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress, inference
+                model, domain, choice, eval_cfg.batch_size, amp, eval_cfg.max_images, num_workers, progress, inference, stop
             )
             results[domain.name] = {"head": choice.describe(), **cm.summary(domain.label_space.names),
                                     "confusion": cm.mat.tolist()}

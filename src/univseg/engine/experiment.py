@@ -37,10 +37,11 @@ from typing import Any, Mapping, Sequence
 
 from ..config import Config, config_changes, load_config
 from ..errors import ConfigError, TrainingStopped
-from ..utils.files import atomic_write, atomic_write_json, atomic_write_text
+from ..utils.files import atomic_write, atomic_write_json, atomic_write_text, check_writable_folder
 from ..utils.table import markdown_table
 from ..methods import METHODS
 from .experiment_options import KEY_FORMS, KEYED_METHODS, ORACLE, PLAIN_METHODS
+from .workdir import holds_run
 
 
 @dataclass
@@ -162,6 +163,7 @@ def run_experiment(
     out = Path(out)
     overrides = list(overrides or [])
     base = load_config(config, overrides)
+    check_writable_folder(out, "--out")
     runs = plan_runs(base, out, methods, seeds, shared)
     by_key_seed = {(r.key, r.seed): r for r in runs}
     configs = []
@@ -177,7 +179,7 @@ def run_experiment(
             print(f"== {run.key} (seed {run.seed}): finished earlier, results reused from {run.work_dir}")
             res = json.loads((run.work_dir / "eval_results.json").read_text())
         else:
-            resume = (run.work_dir / "latest.pt").is_file()
+            resume = holds_run(run.work_dir)  # latest.pt, or best.pt alone (stopped before the first checkpoint)
             verb = "resuming" if resume else "training"
             print(f"== {run.key} (seed {run.seed}): {verb} {cfg.train.iters} iterations on {', '.join(cfg.trained_domains)}")
             try:

@@ -9,6 +9,7 @@ naming the file.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..data.base import IMAGE_SUFFIXES, files_or_folders, read_image
 from ..errors import ConfigError, DataError, MissingFileError, UnreadableFileError
-from ..utils.files import atomic_write
+from ..utils.files import atomic_write, check_writable_folder
 from ..viz.panel import overlay_with_legend
 from .export import open_predictor
 from .inference import InferenceSettings
@@ -29,8 +30,9 @@ VIDEO_SUFFIXES: tuple[str, ...] = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 
 def collect_inputs(inputs: Iterable[str | Path]) -> list[Path]:
-    """Files named directly (images or videos) and images found (recursively, sorted) in the given folders."""
-    found = files_or_folders(inputs)
+    """Files named directly (images or videos) and images found (recursively, sorted) in the given folders,
+    each file once."""
+    found = list({p.resolve(): p for p in files_or_folders(inputs)}.values())
     if not found:
         raise MissingFileError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {', '.join(map(str, inputs))}")
     return found
@@ -84,8 +86,11 @@ def frames_of(paths: list[Path], stems: list[str]) -> Iterator[tuple[Path, str, 
     k-th frame of a video ``(<video stem>, 'frame_<k:06d>', pixels)``."""
     for path, stem in zip(paths, stems):
         if is_video(path):
-            for k, frame in enumerate(video_frames(path)):
-                yield Path(stem), f"frame_{k:06d}", frame
+            frames = 0
+            for frames, frame in enumerate(video_frames(path), 1):
+                yield Path(stem), f"frame_{frames - 1:06d}", frame
+            if not frames:
+                raise MissingFileError(f"video {path} has no frames: nothing to predict; give a video with frames", path=path)
         else:
             yield Path("."), stem, read_image(path)
 
@@ -96,15 +101,17 @@ def count_frames(paths: list[Path]) -> int | None:
     return None if None in counts else sum(counts)
 
 
-def check_output_folder(out_dir: Path) -> None:
-    """ConfigError when ``out_dir`` (``--out``), or the nearest existing path above it, is a file."""
-    existing = next((p for p in (out_dir, *out_dir.parents) if p.exists()), None)
-    if existing is None or existing.is_dir():
-        return
-    where = f"--out {out_dir} is a file" if existing == out_dir else f"--out {out_dir}: {existing} is a file"
-    raise ConfigError(
-        f"{where}; give a folder for the predictions (it is created when missing)", key="--out", path=existing
-    )
+def check_output_folder(out_dir: Path, inputs: Iterable[str | Path]) -> None:
+    """ConfigError when ``out_dir`` (``--out``) lies inside an input folder (a later run would read the
+    predictions as input); WriteError when it cannot be written (a file in its place, no permission)."""
+    out = out_dir.resolve()
+    for folder in (Path(p) for p in inputs):
+        if folder.is_dir() and out.is_relative_to(folder.resolve()):
+            raise ConfigError(
+                f"--out {out_dir} is inside the input folder {folder}: a later run would read the predictions as "
+                f"input images; choose an --out outside {folder}", key="--out", path=out_dir,
+            )
+    check_writable_folder(out_dir, "--out")
 
 
 def write_png(path: Path, pixels: np.ndarray) -> None:
@@ -112,11 +119,15 @@ def write_png(path: Path, pixels: np.ndarray) -> None:
     atomic_write(path, lambda tmp: Image.fromarray(pixels).save(tmp, format="PNG"), "prediction")
 
 
-def write_prediction(out_dir: Path, stem: str, head: str, image: np.ndarray, mask: np.ndarray, predictor: Predictor) -> None:
+def write_prediction(
+    out_dir: Path, stem: str, head: str, image: np.ndarray, mask: np.ndarray, predictor: Predictor
+) -> tuple[Path, Path]:
     """``<stem>_<head>.png`` (class ids) and ``<stem>_<head>_overlay.png`` (the colours over the image at its
-    resolution, the legend of the classes shown underneath) under ``out_dir``."""
-    write_png(out_dir / f"{stem}_{head}.png", mask)
-    write_png(out_dir / f"{stem}_{head}_overlay.png", overlay_with_legend(image, mask, predictor.label_spaces[head]))
+    resolution, the legend of the classes shown underneath) under ``out_dir``; returns both paths."""
+    ids, colours = out_dir / f"{stem}_{head}.png", out_dir / f"{stem}_{head}_overlay.png"
+    write_png(ids, mask)
+    write_png(colours, overlay_with_legend(image, mask, predictor.label_spaces[head]))
+    return ids, colours
 
 
 def predict_files(
@@ -132,23 +143,36 @@ def predict_files(
     """Predict every input image and video frame in one or all (``'all'``) label spaces, as
     ``inference`` says, with the model run by ``runtime`` (torch: ``checkpoint`` is a univseg
     checkpoint; onnxruntime / torchscript: a file written by ``univseg export``); returns the number of files written. A video's frames go to
-    ``out_dir/<video stem>/frame_000000_<head>.png`` (and ``_overlay.png``), and so on."""
-    check_output_folder(out_dir)
+    ``out_dir/<video stem>/frame_000000_<head>.png`` (and ``_overlay.png``), and so on; inputs whose
+    stems are equal get names that keep their extension or folder (:func:`output_stems`)."""
+    inputs = list(inputs)
+    check_output_folder(out_dir, inputs)
     predictor = open_predictor(checkpoint, runtime, device, inference)
     heads = list(predictor.label_spaces) if label_space == "all" else [predictor.resolve(label_space)]
     paths = collect_inputs(inputs)
     total = count_frames(paths)
-    written = 0
-    items = frames_of(paths, _unique_stems(paths))
+    written: set[Path] = set()
+    items = frames_of(paths, output_stems(paths))
     for sub, stem, image in tqdm(items, total=total, desc="predict", unit="image", disable=not progress):
         masks = predictor.predict_all(image) if len(heads) > 1 else {heads[0]: predictor.predict(image, heads[0])}
         for head in heads:
-            write_prediction(out_dir / sub, stem, head, image, masks[head], predictor)
-            written += 2
-    return written
+            written.update(write_prediction(out_dir / sub, stem, head, image, masks[head], predictor))
+    return len(written)
 
 
-def _unique_stems(paths: list[Path]) -> list[str]:
-    """File stems, made unique with the parent folder name where two images share a stem."""
-    stems = [p.stem for p in paths]
-    return [f"{p.parent.name}__{p.stem}" if stems.count(p.stem) > 1 else p.stem for p in paths]
+def output_stems(paths: list[Path]) -> list[str]:
+    """The output name stem of each input (distinct files get distinct stems): its stem when no other
+    input shares it; else its file name with the extension (``x.jpg``, ``x.png``) when that is unique
+    among them; else its path below the folder the inputs sharing its name have in common, joined
+    with ``__`` (``a__x.png``, ``b__x.png``)."""
+    out = []
+    for p in paths:
+        group = [q for q in paths if q.stem == p.stem]
+        if len(group) == 1:
+            out.append(p.stem)
+        elif [q.name for q in group].count(p.name) == 1:
+            out.append(p.name)
+        else:
+            same = [q.resolve() for q in group if q.name == p.name]
+            out.append("__".join(p.resolve().relative_to(os.path.commonpath(same)).parts))
+    return out

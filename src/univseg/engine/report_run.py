@@ -253,7 +253,7 @@ def alignment(model: RunModel, options: ReportOptions) -> str:
             parts.append(note(f"{model.checkpoint.name} has one label space: nothing to align"))
         else:
             run_align(_parse(add_align_arguments, [str(model.checkpoint), "--data", str(model.config_path),
-                                                   "--device", model.device], options.progress))
+                                                   "--device", model.device, "--overwrite"], options.progress))
     for folder in sorted(p for p in model.folder.glob("*_align") if p.is_dir()):
         parts.append(f"<h4>{esc(folder.name)}</h4>")
         if (folder / "alignment.json").is_file():

@@ -4,11 +4,12 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import signal
 import threading
 import time
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NoReturn, Sequence
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
@@ -20,7 +21,8 @@ from ..data.label_space import LabelSpace
 from ..data.mapping import ClassMapping
 from ..data.sampler import infinite_loader
 from ..errors import (
-    CheckpointError, ConfigError, DataError, TrainingDivergedError, TrainingStopped, UnivsegError, WorkDirError,
+    CheckpointError, ConfigError, DataError, StopRequested, TrainingDivergedError, TrainingStopped, UnivsegError,
+    WorkDirError,
 )
 from ..losses import class_sums
 from ..losses.centroids import all_reduce_sums
@@ -28,13 +30,14 @@ from ..methods import Method, RunContext, build_method
 from ..models.universal import UniversalModel, build_model
 from ..utils import dist
 from ..utils.allocator import return_freed_memory
-from ..utils.files import atomic_write_json
+from ..utils.files import atomic_write_json, remove_stale_temporaries, strict_json
 from ..utils.log import interval_line, peak_memory_gib
 from .checkpoint import Checkpoint, init_from_checkpoint
 from .evaluator import choose_head, evaluate, results_table, size_groups
 from .hooks import TrainerHook
 from .precision import autocast, resolve_amp, resolve_channels_last
 from .predictor import Predictor
+from .resume_check import resume_changes
 from .tensorboard_hook import tensorboard_hooks
 from .workdir import WorkDirLock, prepare_work_dir
 
@@ -50,8 +53,9 @@ def _same_size_batch(batch: dict[str, Any], domain: str, kind: str) -> dict[str,
 
 
 class StopRequest:
-    """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step; a
-    second one acts at once (the handlers in force before are restored after the first)."""
+    """SIGTERM / SIGINT while training: the first asks the loop to stop after the current step (or
+    batch of an evaluation or centroid pass) and says so; a second one acts at once (the handlers in
+    force before are restored after the first)."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -61,6 +65,9 @@ class StopRequest:
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.signum = signum
+        if dist.is_main():  # os.write: a print here could re-enter a print (a progress bar) it interrupted
+            os.write(2, f"\n{signal.Signals(signum).name}: stopping after the current step or batch to write "
+                     "latest.pt; send it again to stop at once\n".encode())
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
         self._previous = {}
@@ -146,7 +153,11 @@ class Trainer:
         progress: bool = True,
         hooks: Iterable[TrainerHook] = (),
         overwrite: bool = False,
+        allow_changes: Sequence[str] = (),
     ) -> None:
+        if allow_changes and not resume:
+            raise ConfigError("--allow-changes applies to --resume: it names the settings a resumed run may change",
+                              key="--allow-changes")
         self.cfg = cfg
         self.work_dir = Path(work_dir)
         self.lock = WorkDirLock(self.work_dir)
@@ -209,8 +220,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp == "fp16")
         self.start_iter = 0
         self.best: dict[str, Any] = {"mean_mIoU": None, "iteration": None}
+        self.config_changes: list[str] = []  # the settings changed on purpose (--allow-changes) when resuming
+        self.saved_iteration: int | None = None  # the iteration latest.pt holds, once this run wrote it
+        self.stop_request: StopRequest | None = None
         if resume:
-            self._resume()
+            self._resume(allow_changes)
         self.net: torch.nn.Module = self.model
         if dist.world_size() > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -267,9 +281,10 @@ class Trainer:
         return self.work_dir / "metrics.jsonl"
 
     def _log(self, record: Mapping[str, Any]) -> None:
+        """Append ``record`` to metrics.jsonl as strict JSON (a non-finite number becomes null)."""
         if dist.is_main():
             with open(self.metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(strict_json(record), allow_nan=False) + "\n")
 
     def checkpoint(self, iteration: int) -> Checkpoint:
         """The record of this run after ``iteration`` iterations."""
@@ -291,19 +306,50 @@ class Trainer:
 
     def _save(self, path: Path, iteration: int) -> None:
         """Write the checkpoint of ``iteration`` to ``path``; ``latest.pt`` keeps ``train.keep_checkpoints``
-        versions in all (the previous ones as ``latest.pt.1``, ...)."""
+        versions in all (the previous ones as ``latest.pt.1``, ...). Weights that are not finite are
+        never saved: TrainingDivergedError instead, the files on disk left as they are."""
+        self._check_finite_weights(path, iteration)
         if dist.is_main():
             keep = self.cfg.train.keep_checkpoints if path == self.latest_path else None
             self.checkpoint(iteration).save(path, keep=keep)
         dist.barrier()
+        if path == self.latest_path:
+            self.saved_iteration = iteration
 
-    def _resume(self) -> None:
-        if not self.latest_path.is_file() and not Checkpoint.kept_versions(self.latest_path):
-            raise CheckpointError(
-                f"--resume: no checkpoint at {self.latest_path}; start without --resume or point --work-dir at the run",
-                path=self.latest_path,
+    def _check_finite_weights(self, path: Path, iteration: int) -> None:
+        """TrainingDivergedError naming ``path`` when a weight or buffer of the model is NaN or infinite."""
+        bad = [k for k, v in self.model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        if bad:
+            last = "no checkpoint of this run was replaced" if self.saved_iteration is None \
+                else f"{self.latest_path} (iteration {self.saved_iteration}) is the last good checkpoint"
+            raise TrainingDivergedError(
+                f"after iteration {iteration} the model's weights are not finite ({', '.join(bad[:3])}"
+                f"{' ...' if len(bad) > 3 else ''}), so they were not saved as {path}; {last}. Lower "
+                "train.optimizer.lr or set train.grad_clip, then continue with --resume --allow-changes "
+                "train.optimizer.lr (or train.grad_clip), or start over with --overwrite",
+                path=path, key="train.optimizer.lr", values={"iteration": iteration, "weights": bad},
             )
-        ckpt, source = Checkpoint.load_newest(self.latest_path, self.device, warn=dist.is_main())
+
+    def _resume_checkpoint(self) -> tuple[Checkpoint, Path]:
+        """The checkpoint to continue from: latest.pt or its newest readable kept version; best.pt, with a
+        note, when the run left none of these (stopped before its first checkpoint, or its write failed)."""
+        if self.latest_path.is_file() or Checkpoint.kept_versions(self.latest_path):
+            return Checkpoint.load_newest(self.latest_path, self.device, warn=dist.is_main())
+        if self.best_path.is_file():
+            ckpt = Checkpoint.load(self.best_path, self.device)
+            if dist.is_main():
+                print(f"note: {self.work_dir} has no latest.pt (the run stopped before writing it, or the write failed); "
+                      f"continuing from {self.best_path} (iteration {ckpt.iteration}), which holds the same state")
+            return ckpt, self.best_path
+        raise CheckpointError(
+            f"--resume: no checkpoint at {self.latest_path} (nor best.pt); start without --resume (the run had not "
+            "written a checkpoint yet) or point --work-dir at the run",
+            path=self.latest_path,
+        )
+
+    def _resume(self, allow_changes: Sequence[str]) -> None:
+        """Continue from the work dir's checkpoint, once its config and state fit this run (nothing is written)."""
+        ckpt, source = self._resume_checkpoint()
         ckpt.check_compatible(self.cfg.model.model_dump(mode="json"), self.heads, source)
         missing = sorted(set(self.optimizers) - set(ckpt.optimizers))
         if missing:
@@ -312,6 +358,9 @@ class Trainer:
                 "it was written by another method: resume with the method that wrote it or start a new work dir",
                 path=source,
             )
+        self.config_changes, unused = resume_changes(ckpt.config, self.cfg, allow_changes, source, ckpt.iteration)
+        if unused and dist.is_main():
+            print(f"note: --allow-changes {' '.join(unused)}: not changed since {source}")
         ckpt.load_weights(self.model, source)
         try:
             self.method.load_state_dict(ckpt.method)
@@ -335,7 +384,6 @@ class Trainer:
                 f"{source} was written by {saved_world} process(es), this run has "
                 f"{dist.world_size()}: the data order from here on differs from an uninterrupted run"
             )
-        self._truncate_metrics(self.start_iter)
         self.resumed_from = source
 
     def _truncate_metrics(self, iteration: int) -> None:
@@ -390,7 +438,8 @@ class Trainer:
         Each rank embeds its share of the images (under ``torch.inference_mode``, equal-size images
         in one forward pass); the sums are those of the embedding bilinearly upsampled to the label
         size, computed from the feature-resolution embedding (``class_sums``: no [B, D, H, W] tensor
-        at input resolution). The sums and counts are then added over ranks.
+        at input resolution). The sums and counts are then added over ranks. A stop signal ends the
+        pass between batches (StopRequested).
         """
 
         was_training = self.model.training
@@ -405,6 +454,8 @@ class Trainer:
                     counts = torch.zeros(k, device=self.device)
                     shard = range(dist.rank(), len(d.centroid_view), dist.world_size())
                     for batch in eval_loader(d.centroid_view, self.cfg.eval.batch_size, indices=shard):
+                        if self._stop_requested():
+                            raise StopRequested
                         for img, lab in size_groups(batch):
                             img, lab = img.to(self.device), lab.to(self.device)
                             with autocast(self.device, self.eval_amp):
@@ -525,10 +576,26 @@ class Trainer:
         opt.step()
 
     def evaluate(self) -> dict[str, Any]:
-        """Evaluate the current model on every domain of the config."""
+        """Evaluate the current model on every domain of the config; a stop signal ends it between
+        batches (StopRequested)."""
         return evaluate(
-            self.model, self.heads, list(self.domains.values()), self.cfg.eval, self.eval_amp, progress=self.progress
+            self.model, self.heads, list(self.domains.values()), self.cfg.eval, self.eval_amp, progress=self.progress,
+            stop=self._stop_requested,
         )
+
+    def _stop_requested(self) -> bool:
+        """Whether a stop signal arrived during this run's long passes (evaluation, the centroid pass).
+        Asked between their batches with one process only: under torchrun the ranks' passes have
+        different batch counts and could not agree on every batch, so they stop after the pass."""
+        return dist.world_size() == 1 and self.stop_request is not None and self.stop_request.signum is not None
+
+    def _logged_eval(self, iteration: int) -> bool:
+        """Whether metrics.jsonl holds the evaluation after ``iteration`` (every rank gets rank 0's answer)."""
+        found = None
+        if dist.is_main() and self.metrics_path.is_file():
+            logged = [json.loads(ln) for ln in self.metrics_path.read_text().splitlines() if ln]
+            found = any(r.get("iter") == iteration and "eval" in r for r in logged)
+        return bool(dist.broadcast_object(found))
 
     def _after_eval(self, iteration: int, results: Mapping[str, Any]) -> None:
         for hook in self.hooks:
@@ -554,16 +621,46 @@ class Trainer:
                 path=self.work_dir, key="train.max_bad_steps", values={"iteration": done, "terms": names},
             )
 
-    def _stop(self, done: int, signum: int, already_saved: bool) -> None:
-        """Checkpoint iteration ``done`` (unless just written) and raise :class:`TrainingStopped`."""
-        if not already_saved:
+    def _stop(self, done: int, signum: int, during: str | None = None) -> NoReturn:
+        """Checkpoint iteration ``done`` (unless latest.pt holds it already) and raise :class:`TrainingStopped`;
+        ``during``: the pass the signal interrupted (its work is redone or skipped on resume)."""
+        if self.saved_iteration != done:
             self._save(self.latest_path, done)
         name = signal.Signals(signum).name
+        where = f" during {during}" if during else ""
         raise TrainingStopped(
-            f"stopped by {name} after iteration {done}; checkpoint {self.latest_path}. Continue with the same "
-            f"command plus --resume (work dir {self.work_dir})",
+            f"stopped by {name}{where} after iteration {done}; checkpoint {self.latest_path} (iteration {done}). "
+            f"Continue with the same command plus --resume (work dir {self.work_dir})",
             iteration=done, signal_name=name, path=self.latest_path,
         )
+
+    def _evaluate_or_stop(self, done: int, stop: StopRequest, bar: tqdm) -> dict[str, Any]:
+        """:meth:`evaluate` after iteration ``done``; a stop signal during it checkpoints ``done`` and
+        raises TrainingStopped (the evaluation of ``done`` is skipped on resume, or redone at the end)."""
+        try:
+            return self.evaluate()
+        except StopRequested:
+            bar.close()
+            self._stop(done, stop.signum, during="evaluation")
+
+    def _start_files(self) -> None:
+        """Before the first step (main process, work dir locked): remove temporary files that an
+        interrupted write left, write config.yaml, drop metric records after the checkpoint this run
+        starts from (they will be redone) and log the settings changed on resume."""
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        stale = remove_stale_temporaries(self.work_dir, ("latest.pt", "best.pt", "eval_results.json"))
+        if stale:
+            print(f"note: removed {len(stale)} temporary file(s) that an interrupted write left in {self.work_dir}: "
+                  f"{', '.join(p.name for p in stale)}")
+        save_config(self.cfg, self.work_dir / "config.yaml")
+        self._truncate_metrics(self.start_iter)
+        if self.config_changes:
+            print(f"note: continuing from iteration {self.start_iter} with changed settings (--allow-changes): "
+                  + "; ".join(self.config_changes))
+            record = {"iter": self.start_iter, "config_changes": self.config_changes}
+            self._log(record)
+            with open(self.work_dir / "config_history.jsonl", "a") as f:
+                f.write(json.dumps({**record, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
 
     def run(self) -> dict[str, Any]:
         """Train to ``train.iters`` (from the resumed iteration), then evaluate; returns the final results.
@@ -574,19 +671,18 @@ class Trainer:
         of them in a row raise :class:`TrainingDivergedError` without writing a checkpoint.
         """
         with self.lock if dist.is_main() else contextlib.nullcontext(), StopRequest() as stop:
+            self.stop_request = stop
             try:
                 return self._run(stop)
             finally:
+                self.stop_request = None
                 for hook in self.hooks:
                     hook.after_run(self)
 
     def _run(self, stop: StopRequest) -> dict[str, Any]:
         t = self.cfg.train
         if dist.is_main():
-            self.work_dir.mkdir(parents=True, exist_ok=True)
-            save_config(self.cfg, self.work_dir / "config.yaml")
-            if self.start_iter == 0:
-                self._truncate_metrics(0)  # records of a run that died before its first checkpoint
+            self._start_files()
         self.model.train()
         loaders = [self._loaders(m) for m in range(t.accumulate)] if self.start_iter < t.iters else []
         bar = tqdm(
@@ -601,7 +697,11 @@ class Trainer:
             fetched = time.perf_counter()
             batches = [self._next_batches(micro) for micro in loaders]
             data_wait += time.perf_counter() - fetched
-            terms = self.step(it, batches)
+            try:
+                terms = self.step(it, batches)
+            except StopRequested:  # in the centroid pass of step it: iteration it is the last finished one
+                bar.close()
+                self._stop(it, stop.signum, during="the centroid pass")
             for hook in self.hooks:
                 hook.after_step(self, it, terms)
             done = it + 1
@@ -627,21 +727,20 @@ class Trainer:
                             interval_line(done, t.iters, record, elapsed / steps, data_wait / steps, self.device))
                 running, count, steps, data_wait, tic = {}, 0, 0, 0.0, time.perf_counter()
             if t.eval_interval and done % t.eval_interval == 0 and done != t.iters:
-                results = self.evaluate()
+                results = self._evaluate_or_stop(done, stop, bar)
                 self._after_eval(done, results)
                 if dist.is_main():
                     log.info(f"evaluation at iteration {done}:\n{results_table(results)}")
-            saved = done % t.checkpoint_interval == 0 and done != t.iters
-            if saved:
+            if done % t.checkpoint_interval == 0 and done != t.iters:
                 self._save(self.latest_path, done)
             signum = stop.agreed(self.device)
             if signum is not None:
                 bar.close()
-                self._stop(done, signum, already_saved=saved)
+                self._stop(done, signum)
         bar.close()
         final_iter = max(self.start_iter, t.iters)
-        results = self.evaluate()
-        if self.start_iter < t.iters:
+        results = self._evaluate_or_stop(final_iter, stop, bar)
+        if self.start_iter < t.iters or not self._logged_eval(final_iter):  # not logged: the run stopped during it
             self._after_eval(final_iter, results)
         self._save(self.latest_path, final_iter)
         results = {**results, "iteration": final_iter, "best": self.best, "train_amp": self.amp, "train_channels_last": self.channels_last}

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from ..errors import WorkDirError
+from ..utils.files import check_writable_folder
 
 RUN_FILES = ("latest.pt", "best.pt")
 
@@ -27,17 +28,20 @@ def holds_run(work_dir: Path) -> bool:
 def prepare_work_dir(work_dir: Path, resume: bool, overwrite: bool) -> Path | None:
     """Make ``work_dir`` ready for a run; returns where an overwritten run was moved (else None).
 
-    Raises WorkDirError when the folder holds a run and neither ``resume`` nor ``overwrite`` is set.
+    Raises WorkDirError when the folder holds a run and neither ``resume`` nor ``overwrite`` is set,
+    WriteError when files cannot be created in it (a file in its place, no permission, read-only).
     """
     if resume and overwrite:
         raise WorkDirError("--resume and --overwrite contradict each other: continue the run or start over, not both")
+    check_writable_folder(work_dir, "--work-dir")
     if resume or not holds_run(work_dir):
         return None
     if not overwrite:
+        found = [n for n in RUN_FILES if (work_dir / n).is_file()]
+        source = "" if "latest.pt" in found else " (from best.pt: the run stopped before writing latest.pt)"
         raise WorkDirError(
-            f"{work_dir} holds a run ({', '.join(n for n in RUN_FILES if (work_dir / n).is_file())}); "
-            "continue it with --resume, start over with --overwrite (the old run is moved aside, not deleted), "
-            "or choose another --work-dir",
+            f"{work_dir} holds a run ({', '.join(found)}); continue it with --resume{source}, start over with "
+            "--overwrite (the old run is moved aside, not deleted), or choose another --work-dir",
             path=work_dir,
         )
     aside = work_dir.with_name(f"{work_dir.name}.old-{time.strftime('%Y%m%d-%H%M%S')}")

@@ -9,7 +9,9 @@ full, no permission) as :class:`~univseg.errors.WriteError` naming the file.
 """
 from __future__ import annotations
 
+import glob
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -79,10 +81,16 @@ def _write_error(path: Path, what: str, e: OSError) -> WriteError:
 
 
 def _torch_save(obj: Any, path: Path) -> None:
-    """``torch.save``, with its write failures (RuntimeErrors from the zip writer) raised as OSError."""
+    """``torch.save`` into a file opened here, so that a failed write (a full disk) raises the OSError of
+    the operating system ("No space left on device"), not the zip writer's RuntimeError; a RuntimeError
+    without one behind it is raised as OSError."""
     try:
-        torch.save(obj, path)
+        with open(path, "wb") as f:
+            torch.save(obj, f)
     except RuntimeError as e:
+        cause = e.__cause__ or e.__context__
+        if isinstance(cause, OSError):
+            raise cause from None
         raise OSError(f"torch.save failed: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from e
 
 
@@ -96,4 +104,47 @@ def atomic_write_text(path: str | Path, text: str) -> None:
 
 
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2) + "\n")
+    """Write ``obj`` as strict JSON (see :func:`strict_json`) through :func:`atomic_write`."""
+    atomic_write_text(path, json.dumps(strict_json(obj), indent=2, allow_nan=False) + "\n")
+
+
+def strict_json(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float replaced by None, so that it dumps as strict JSON
+    (``Infinity`` and ``NaN`` are not JSON)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    return obj
+
+
+def remove_stale_temporaries(folder: Path, names: tuple[str, ...]) -> list[Path]:
+    """Delete the temporary files :func:`atomic_write` left in ``folder`` for targets ``names`` when its
+    process was killed mid-write (each as large as the file it was writing); returns them. Call it only
+    while no other process writes there (e.g. holding the work dir's lock)."""
+    stale = sorted(p for name in names for p in folder.glob(f".{glob.escape(name)}.*.tmp") if p.is_file())
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def check_writable_folder(folder: Path, flag: str) -> None:
+    """Check that ``folder`` can hold files without creating it: it, or the nearest folder above it
+    that exists, is a folder in which a file can be created (a test file is created and deleted).
+    WriteError naming ``flag`` (the option that chose the folder) and the folder otherwise: a file
+    where the folder or one above it should be, no permission, a read-only file system."""
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        where = f"{flag} {folder} is a file" if existing == folder else f"{flag} {folder}: {existing} is a file"
+        raise WriteError(f"{where}, not a folder; give a folder (it is created when missing)", path=existing, key=flag)
+    try:
+        fd, name = tempfile.mkstemp(prefix=".write-test.", suffix=".tmp", dir=existing)
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise WriteError(
+            f"{flag} {folder}: cannot write there ({e.strerror or e}); choose a folder you can write to "
+            "(or fix its permissions)", path=folder, key=flag,
+        ) from None
