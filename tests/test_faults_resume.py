@@ -320,12 +320,14 @@ def test_predict_gives_distinct_inputs_distinct_outputs_and_counts_them(setup, t
     assert f"wrote 8 files to {out}" in capsys.readouterr().out
 
 
-def test_the_demo_says_when_its_iterations_never_reach_the_entropy_terms(monkeypatch, tmp_path, capsys):
+def test_a_demo_shorter_than_the_entropy_warm_up_says_when_the_terms_start(monkeypatch, tmp_path, capsys):
+    """--iters 50, below the demo config's warm-up of 100: the warm-up is scaled with the budget and the
+    demo says at which iteration univ-full's alignment terms start (inside the 50)."""
     import univseg.demo as demo
 
-    monkeypatch.setattr(demo, "run_experiment", lambda *args, **kwargs: [])
+    captured = {}
+    monkeypatch.setattr(demo, "run_experiment", lambda *args, **kwargs: captured.update(kwargs) or [])
     monkeypatch.setattr(demo, "_write_predictions", lambda *args: None)
     demo.run_demo(tmp_path, iters=50, progress=False)
-    assert "entropy alignment terms start at iteration 100" in capsys.readouterr().out
-    demo.run_demo(tmp_path, iters=150, progress=False)
-    assert "entropy" not in capsys.readouterr().out
+    assert "alignment terms start after 17 supervised iterations, at iteration 18 of 50" in capsys.readouterr().out
+    assert "method.warmup_iters=17" in captured["overrides"]
