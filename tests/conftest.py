@@ -56,6 +56,16 @@ TINY = {
 }
 
 
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """One torch thread for the tests of a module (``pytestmark = pytest.mark.usefixtures(...)``): on a
+    2-core machine two OpenMP threads ran small convolutions 3-4x slower (spin-waiting under contention)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_raw() -> dict:
     """Plain data of the tiny config (a fresh copy per test)."""

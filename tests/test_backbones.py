@@ -17,14 +17,7 @@ from univseg.errors import CheckpointError, ConfigError, UnknownNameError
 ALL = BACKBONES.names()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    """Run these small convolutions on one thread: on the 2-core dev box two OpenMP threads
-    were 3-4x slower (spin-waiting under contention) and made timings erratic."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def small(name: str, **kw) -> Backbone:

@@ -15,12 +15,7 @@ ALL = DECODERS.names()
 IN, LOW = 40, 24  # channels of the fake "out" and "low" levels
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 def levels(batch: int, height: int = 67, width: int = 93) -> dict[str, torch.Tensor]:

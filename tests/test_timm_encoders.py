@@ -23,12 +23,7 @@ timm = pytest.importorskip("timm")
 MODELS = ["resnet18", "mobilenetv3_small_050", "efficientnet_b0", "convnext_atto"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_intra_op_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 @pytest.mark.parametrize("output_stride", [8, 16])

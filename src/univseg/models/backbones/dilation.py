@@ -16,11 +16,12 @@ OUTPUT_STRIDES = (8, 16)
 """Output strides the dilated encoders offer (``output_stride`` backbone option)."""
 
 
-def check_output_stride(output_stride: int) -> int:
-    """Return ``output_stride`` when it is one of :data:`OUTPUT_STRIDES`, else raise ConfigError."""
-    if output_stride not in OUTPUT_STRIDES:
+def check_output_stride(output_stride: int, allowed: tuple[int, ...] = OUTPUT_STRIDES, which: str = "") -> int:
+    """Return ``output_stride`` when it is one of ``allowed``, else raise ConfigError (``which``: the
+    encoders the rule is for, e.g. " for timm encoders")."""
+    if output_stride not in allowed:
         raise ConfigError(
-            f"model.backbone_args.output_stride: must be one of {', '.join(map(str, OUTPUT_STRIDES))}, "
+            f"model.backbone_args.output_stride: must be one of {', '.join(map(str, allowed))}{which}, "
             f"got {output_stride!r}",
             key="model.backbone_args.output_stride",
             values=[output_stride],

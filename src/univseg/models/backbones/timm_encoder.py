@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from ...errors import CheckpointError, ConfigError, UnknownNameError
 from ..activation_checkpoint import checkpoint_in_place
-from .dilation import OUTPUT_STRIDES
+from .dilation import OUTPUT_STRIDES, check_output_stride
 from .registry import BACKBONES, Backbone, BackboneSpec, read_weights_file, unwrap_state_dict
 
 PREFIX = "timm/"
@@ -125,13 +125,7 @@ def _create(name: str, output_stride: int, pretrained: str | os.PathLike | None 
     without executing code, then given to timm's loader for its key remapping); output-stride,
     download and file errors made clear."""
     timm = _timm()
-    if output_stride not in TIMM_OUTPUT_STRIDES:
-        raise ConfigError(
-            f"model.backbone_args.output_stride: must be one of {', '.join(map(str, TIMM_OUTPUT_STRIDES))} for "
-            f"timm encoders, got {output_stride!r}",
-            key="model.backbone_args.output_stride",
-            values=[output_stride],
-        )
+    check_output_stride(output_stride, TIMM_OUTPUT_STRIDES, " for timm encoders")
     kwargs: dict[str, Any] = {} if output_stride == 32 else {"output_stride": output_stride}
     file = None if pretrained is None or str(pretrained).lower() == "imagenet" else Path(pretrained).expanduser()
     state = None
