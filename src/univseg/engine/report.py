@@ -88,10 +88,16 @@ def comparison(folder: Path) -> str:
              cell(", ".join(map(str, r["seeds"])))] for r in rows]
     headers = ["method", *columns, *(["gap closed (average, %)"] if gap else []), "seeds"]
     parts = [table(headers, body, class_="comparison")]
-    md = folder / "results.md"
+    return "".join(parts) + note_and_chart(folder, "results")
+
+
+def note_and_chart(folder: Path, stem: str) -> str:
+    """The prose lines of ``folder/<stem>.md`` (not its title or table) and the chart ``<stem>.png``."""
+    parts = []
+    md = folder / f"{stem}.md"
     if md.is_file():
         parts += [f"<p>{esc(line)}</p>" for line in md.read_text().splitlines() if line.strip() and line[0] not in "#|"]
-    chart = folder / "results.png"
+    chart = folder / f"{stem}.png"
     if chart.is_file():
         parts.append(png_figures([chart], "chart"))
     return "".join(parts)
@@ -116,13 +122,7 @@ def label_efficiency(folder: Path) -> str:
     body = [[cell(m, header=True), *(cell(fmt(mean_std_cell(by[(m, n)], "average")), value=by[(m, n)].get("average"))
                                      if (m, n) in by else cell("") for n in counts)] for m in methods]
     parts = [table(["method", *(f"{n} labels" for n in counts)], body, class_="label-efficiency")]
-    md = folder / "label_efficiency.md"
-    if md.is_file():
-        parts += [f"<p>{esc(line)}</p>" for line in md.read_text().splitlines() if line.strip() and line[0] not in "#|"]
-    chart = folder / "label_efficiency.png"
-    if chart.is_file():
-        parts.append(png_figures([chart], "chart"))
-    return "".join(parts)
+    return "".join(parts) + note_and_chart(folder, "label_efficiency")
 
 
 def experiment_body(folder: Path, options: ReportOptions, prefix: str = "") -> tuple[str, Toc]:
